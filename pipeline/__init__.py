@@ -1,0 +1,1 @@
+"""Offline image-captioning pipeline: library code (no argv, no global state)."""

@@ -1,0 +1,94 @@
+"""Greedy and beam search, both batched over images: the whole batch (times the beam)
+runs through the LSTM in one call per step. Shared by evaluation, caption-batch and the API."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.model import CaptionDecoder
+
+
+@dataclass
+class Decoded:
+    tokens: list[list[int]]  # word ids without <start>/<end>
+    logprob: list[float]  # sum of token log-probabilities, <end> included
+    mean_logprob: list[float]  # logprob / number of scored tokens: a length-fair confidence
+
+
+@torch.inference_mode()
+def decode(model: CaptionDecoder, features: torch.Tensor, start_id: int, end_id: int,
+           max_len: int = 20, beam_size: int = 1, length_penalty: float = 0.7) -> Decoded:
+    model.eval()
+    if beam_size <= 1:
+        return greedy(model, features, start_id, end_id, max_len)
+    return beam_search(model, features, start_id, end_id, max_len, beam_size, length_penalty)
+
+
+def greedy(model, features, start_id, end_id, max_len) -> Decoded:
+    n = features.shape[0]
+    state = model.start(features)
+    tokens = torch.full((n,), start_id, dtype=torch.long, device=features.device)
+    out = torch.zeros((n, max_len), dtype=torch.long, device=features.device)
+    logprob = torch.zeros(n, device=features.device)
+    length = torch.zeros(n, dtype=torch.long, device=features.device)
+    alive = torch.ones(n, dtype=torch.bool, device=features.device)
+    for t in range(max_len):
+        logp, state = model.step(tokens, state)
+        best, tokens = logp.max(dim=-1)
+        logprob += best * alive
+        length += alive
+        out[:, t] = tokens
+        alive &= tokens != end_id
+        if not alive.any():  # one check per step, not one .item() per image
+            break
+    return _finish(out, logprob, length, end_id)
+
+
+def beam_search(model, features, start_id, end_id, max_len, beam_size, length_penalty) -> Decoded:
+    """Standard beam search over (images x beams) at once. A finished beam stays in the beam
+    with a frozen score (it can only be extended by <end> at zero cost), and candidates are
+    ranked by score / length**length_penalty, so long and short captions compete fairly."""
+    n, k, device = features.shape[0], beam_size, features.device
+    h, c = model.start(features)
+    state = (h.repeat_interleave(k, dim=1), c.repeat_interleave(k, dim=1))
+    tokens = torch.full((n * k,), start_id, dtype=torch.long, device=device)
+    scores = torch.zeros(n, k, device=device)
+    scores[:, 1:] = float("-inf")  # all beams start identical: keep only one alive at first
+    lengths = torch.zeros(n, k, device=device)
+    finished = torch.zeros(n, k, dtype=torch.bool, device=device)
+    history = torch.zeros(n, k, 0, dtype=torch.long, device=device)
+    for _ in range(max_len):
+        logp, state = model.step(tokens, state)
+        vocab = logp.shape[-1]
+        logp = logp.view(n, k, vocab)
+        # Finished beams: the only continuation is <end> again, at no cost, length unchanged.
+        frozen = torch.full_like(logp[0, 0], float("-inf"))
+        frozen[end_id] = 0.0
+        logp = torch.where(finished.unsqueeze(-1), frozen, logp)
+        candidates = scores.unsqueeze(-1) + logp  # (n, k, V)
+        new_len = (lengths + (~finished)).unsqueeze(-1).expand_as(candidates)
+        ranked = candidates / new_len.clamp(min=1) ** length_penalty
+        _, flat = ranked.view(n, -1).topk(k, dim=-1)
+        beam, word = flat // vocab, flat % vocab
+        scores = candidates.view(n, -1).gather(1, flat)
+        lengths = new_len.reshape(n, -1).gather(1, flat)
+        finished = finished.gather(1, beam) | (word == end_id)
+        history = torch.cat([history.gather(1, beam.unsqueeze(-1).expand_as(history)), word.unsqueeze(-1)], -1)
+        rows = (beam + torch.arange(n, device=device).unsqueeze(1) * k).view(-1)
+        state = (state[0][:, rows], state[1][:, rows])
+        tokens = word.view(-1)
+        if finished.all():
+            break
+    best = (scores / lengths.clamp(min=1) ** length_penalty).argmax(dim=-1)
+    pick = lambda x: x[torch.arange(n, device=device), best]  # noqa: E731
+    return _finish(pick(history), pick(scores), pick(lengths).long(), end_id)
+
+
+def _finish(out: torch.Tensor, logprob: torch.Tensor, length: torch.Tensor, end_id: int) -> Decoded:
+    sequences = []
+    for row in out.tolist():  # one transfer for the batch
+        sequences.append(row[: row.index(end_id)] if end_id in row else row)
+    logprob = logprob.tolist()
+    length = length.clamp(min=1).tolist()
+    return Decoded(sequences, logprob, [lp / n for lp, n in zip(logprob, length)])

@@ -1,0 +1,47 @@
+"""Stage `train`: fit the LSTM decoder on cached features (or end to end on images when
+`train.finetune` is on); DVCLive logs the curves, the best-validation checkpoint is kept."""
+from pathlib import Path
+
+import torch
+from dvclive import Live
+
+from pipeline.config import load_section
+from pipeline.encoders import EncoderConfig
+from pipeline.features import load_features
+from pipeline.manifest import read_manifest
+from pipeline.train import TrainConfig, train
+from pipeline.vocab import Vocab
+from stages.common import parser, stage_main
+
+
+@stage_main
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--vocab", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--live", type=Path, default=Path("dvclive"))
+    args = p.parse_args()
+    cfg = load_section(args.params, "train", TrainConfig)
+    load_section(args.params, "encoder", EncoderConfig)  # validate: the checkpoint records it
+    manifest, root = read_manifest(args.manifest)
+    table = load_features(args.features)
+    have = set(table.ids)
+    manifest = manifest[manifest.image_id.isin(have)]  # images the encoder could not read are skipped
+    rows = {s: manifest[manifest.split == s].reset_index(drop=True) for s in ("train", "val")}
+    feats = {s: torch.from_numpy(table.lookup(list(r.image_id))) for s, r in rows.items()}
+    encoder_info = {k: table.meta[k] for k in ("name", "weights", "fingerprint", "preprocess", "feature_dim")}
+    with Live(str(args.live), save_dvc_exp=False, dvcyaml=None) as live:
+        def log(record: dict) -> None:
+            for key, value in record.items():
+                if key != "epoch":
+                    live.log_metric(key, value)
+            live.next_step()
+        summary = train(rows["train"], feats["train"], rows["val"], feats["val"], Vocab.load(args.vocab),
+                        cfg, args.out, encoder_info, log_metric=log)
+        live.summary.update({k: v for k, v in summary.items() if k != "history"})
+
+
+if __name__ == "__main__":
+    main()
