@@ -1,0 +1,29 @@
+"""Data-source formats. Each parser reads one layout into `Record`s; the manifest
+builder (`pipeline.manifest`) does the rest. Adding a format = one module + one line in
+FORMATS."""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import coco, csvfile, flickr8k, flickr30k, jsonl, karpathy
+from .common import FormatError, Parsed, Record, hash_fraction
+
+if TYPE_CHECKING:
+    from pipeline.manifest import DataConfig
+
+Parser = Callable[[Path, "DataConfig"], Parsed]
+
+FORMATS: dict[str, Parser] = {
+    "scenes": functools.partial(jsonl.parse, default_file="captions.jsonl"),  # the embedded data set
+    "jsonl": jsonl.parse,
+    "csv": csvfile.parse,
+    "flickr8k": flickr8k.parse,
+    "flickr30k": flickr30k.parse,
+    "coco": coco.parse,
+    "karpathy": karpathy.parse,
+}
+
+__all__ = ["FORMATS", "FormatError", "Parsed", "Parser", "Record", "hash_fraction"]

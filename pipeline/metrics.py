@@ -1,0 +1,340 @@
+"""Caption metrics computed the way captioning papers compute them.
+
+backend "coco" is the reference path (coco-caption / pycocoevalcap): Stanford PTBTokenizer
+and METEOR 1.5 run in Java, BLEU / ROUGE-L / CIDEr-D are pycocoevalcap's own Python scorers.
+backend "python" needs no Java: a regex approximation of the PTB tokenizer, the same
+pycocoevalcap BLEU / ROUGE-L / CIDEr-D, and nltk's METEOR with WordNet (a different METEOR
+implementation, so its figure is labelled as such and not comparable digit-for-digit).
+
+Every figure is a 0-1 fraction exactly as pycocoevalcap returns it (CIDEr-D on its native
+scale, ~0-10); papers print these x100. SPICE is never computed (see SPICE_SKIP_REASON).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+logger = logging.getLogger(__name__)
+
+SCALE = "0-1 (x100 for paper tables)"
+CORPUS_METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider")
+PER_IMAGE_METRICS = ("bleu_4", "meteor", "rouge_l", "cider")
+BACKENDS = ("auto", "coco", "python")
+QUICK_METRICS = ("cider", "bleu_4")
+# METEOR 1.5's English alpha/beta/gamma (the jar prints "Parameters: 0.85 0.2 0.6 0.75")
+# instead of nltk's 2005 defaults (alpha=0.9, beta=3, gamma=0.5): on 300 synthetic captions this moved nltk's mean from 0.44 to
+# 0.235 against the jar's 0.220 (per-image correlation 0.91). Still no paraphrase table and
+# no function-word weighting (delta), so the figure stays labelled as nltk's.
+NLTK_METEOR_PARAMS = {"alpha": 0.85, "beta": 0.2, "gamma": 0.6}
+SPICE_SKIP_REASON = (
+    "not computed: pycocoevalcap's SPICE downloads Stanford CoreNLP models at first use, "
+    "which is impossible offline; no SPICE figure is reported rather than an estimate"
+)
+
+# The tokens pycocoevalcap drops after PTB tokenization (its PUNCTUATIONS list). With
+# -lowerCase the bracket tokens come out as -lrb- etc., so coco keeps those; we do too.
+_PTB_DROPPED = {"''", "'", "``", "`", '"', ".", "?", "!", ",", ":", "-", "--", "...", ";"}
+_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
+_CLITICS = ("n't", "'s", "'re", "'ve", "'ll", "'d", "'m")
+_CLITIC = re.compile(rf"(?<=\w)({'|'.join(_CLITICS)})\b")
+# Punctuation PTB always splits off a word (":" and "," only when not inside a number).
+_SPLIT_PUNCT = re.compile(r"(\.\.\.|--|[;!?\"`%$]|(?<!\d)[:,]|[:,](?!\d))")
+# u.s.a., a.m., etc. keep their periods in PTB
+_ABBREVIATION = re.compile(r"^(?:(?:[a-z]\.){2,}|(?:etc|mr|mrs|ms|dr|st|vs|jr|inc|co|ltd)\.)$")
+
+
+@dataclasses.dataclass
+class MetricReport:
+    corpus: dict[str, float]  # CORPUS_METRICS that could be computed, 0-1 scale
+    per_image: dict[str, dict[str, float]]  # image id -> PER_IMAGE_METRICS
+    implementation: dict[str, str]  # metric (and "tokenizer") -> code that produced it
+    skipped: dict[str, str]  # metric -> why it has no figure
+    backend: str
+    scale: str = SCALE
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def score_captions(
+    references: dict[str, list[str]], hypotheses: dict[str, str], backend: str = "auto"
+) -> MetricReport:
+    """Score one generated caption per image against that image's reference captions."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown metrics backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    ids = _check_inputs(references, hypotheses)
+    if backend == "auto":
+        backend = "coco" if java_available() else "python"
+        if backend == "python":
+            logger.warning("java not found or not working: scoring with the pure-Python backend, "
+                           "whose tokenizer and METEOR differ from the published coco-caption code")
+    started = time.perf_counter()
+    sentences = [hypotheses[i] for i in ids] + [r for i in ids for r in references[i]]
+    tokens = ptb_tokenize_java(sentences) if backend == "coco" else [ptb_like_tokenize(s) for s in sentences]
+    res = {i: [tokens[k]] for k, i in enumerate(ids)}
+    gts, pos = {}, len(ids)
+    for i in ids:
+        gts[i] = tokens[pos : pos + len(references[i])]
+        pos += len(references[i])
+
+    corpus, per_image = _pycocoevalcap_scores(gts, res)
+    skipped = {"spice": SPICE_SKIP_REASON}
+    implementation = {
+        **{f"bleu_{n}": "pycocoevalcap Bleu (python, 'closest' reference length)" for n in range(1, 5)},
+        "rouge_l": "pycocoevalcap Rouge (python, LCS F-measure, beta=1.2)",
+        "cider": "pycocoevalcap Cider = CIDEr-D (python, sigma=6, clipped, IDF from these references)",
+    }
+    if backend == "coco":
+        implementation["tokenizer"] = "pycocoevalcap PTBTokenizer (Stanford CoreNLP 3.4.1, java)"
+        implementation["meteor"] = "pycocoevalcap Meteor 1.5 (java jar, -l en -norm; corpus from pooled stats)"
+        meteor, meteor_per_image = _meteor_java(gts, res)
+    else:
+        implementation["tokenizer"] = "PTB-like python regex (lowercase, split clitics, drop PTB punctuation)"
+        meteor, meteor_per_image = _meteor_nltk(gts, res)
+        if meteor is None:
+            skipped["meteor"] = (
+                "WordNet not found, so nltk METEOR cannot run: install the Debian packages "
+                "'wordnet-base wordnet-sense-index' (apt-get install -y wordnet-base wordnet-sense-index), "
+                "put NLTK's wordnet corpus under an nltk_data path, or use backend='coco' with java"
+            )
+        else:
+            implementation["meteor"] = ("nltk meteor_score + WordNet 3.0 (python; METEOR 1.5 en alpha/beta/gamma, "
+                                        "no paraphrases; corpus = mean per image)")
+    if meteor is not None:
+        corpus["meteor"] = meteor
+        for i, value in zip(ids, meteor_per_image):
+            per_image[i]["meteor"] = value
+    corpus = {name: corpus[name] for name in CORPUS_METRICS if name in corpus}
+    logger.info("scored %d captions with the %s backend in %.1f s", len(ids), backend,
+                time.perf_counter() - started)
+    return MetricReport(corpus, per_image, implementation, skipped, backend)
+
+
+def quick_score(references: dict[str, list[str]], hypotheses: dict[str, str], metric: str = "cider") -> float:
+    """Fast Java-free CIDEr-D or BLEU-4 for picking checkpoints during training. Close to,
+    but not the figure to publish: that is score_captions(backend='coco')."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    if metric not in QUICK_METRICS:
+        raise ValueError(f"quick_score metric must be one of {', '.join(QUICK_METRICS)}, got {metric!r}")
+    ids = _check_inputs(references, hypotheses)
+    res = {i: [ptb_like_tokenize(hypotheses[i])] for i in ids}
+    gts = {i: [ptb_like_tokenize(r) for r in references[i]] for i in ids}
+    if metric == "cider":
+        return float(Cider().compute_score(gts, res)[0])
+    return float(Bleu(4).compute_score(gts, res, verbose=0)[0][3])
+
+
+def diversity(hypotheses: dict[str, str], train_captions: list[str] | None = None) -> dict:
+    """Guards against a model that says the same thing for every image. Captions are
+    compared after tokenization, so 'A dog.' and 'a dog' count as the same caption."""
+    if not hypotheses:
+        raise ValueError("diversity() needs at least one generated caption")
+    captions = [ptb_like_tokenize(c) for c in hypotheses.values()]
+    stats = {
+        "distinct_caption_share": len(set(captions)) / len(captions),
+        "vocab_used": len({w for c in captions for w in c.split()}),
+        "mean_length": sum(len(c.split()) for c in captions) / len(captions),
+    }
+    if train_captions is not None:
+        seen = {ptb_like_tokenize(c) for c in train_captions}
+        stats["novel_caption_share"] = sum(c not in seen for c in captions) / len(captions)
+    return stats
+
+
+def ptb_like_tokenize(sentence: str) -> str:
+    """Pure-Python stand-in for `PTBTokenizer -preserveLines -lowerCase` followed by
+    pycocoevalcap's punctuation filter. Exact on ordinary captions (words, commas, periods,
+    clitics such as dog's / isn't, hyphenated words); an approximation on exotic text."""
+    text = _CLITIC.sub(r" \1", sentence.lower().replace("\n", " "))
+    for bracket, token in _BRACKETS.items():
+        text = text.replace(bracket, f" {token} ")
+    text = _SPLIT_PUNCT.sub(r" \1 ", text)
+    tokens = []
+    for token in text.split():
+        if token not in _CLITICS:
+            token = token.strip("'")  # quote marks around a word
+        if token.endswith(".") and not _ABBREVIATION.match(token) and token.strip("."):
+            token = token.rstrip(".")  # sentence-final period
+        if token and token not in _PTB_DROPPED and token.strip(".-"):
+            tokens.append(token)
+    return " ".join(tokens)
+
+
+def ptb_tokenize_java(sentences: list[str]) -> list[str]:
+    """pycocoevalcap's PTBTokenizer (same jar, flags and punctuation filter), except that the
+    temporary file goes to the system temp dir instead of into site-packages, which may be
+    read-only or shared between concurrent runs."""
+    from pycocoevalcap.tokenizer import ptbtokenizer
+
+    jar = Path(ptbtokenizer.__file__).with_name(ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR)
+    with tempfile.TemporaryDirectory(prefix="ptb-") as tmp:
+        source = Path(tmp) / "sentences.txt"
+        source.write_text("\n".join(s.replace("\n", " ") for s in sentences), encoding="utf-8")
+        cmd = ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer",
+               "-preserveLines", "-lowerCase", str(source)]
+        done = subprocess.run(cmd, capture_output=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"Java PTBTokenizer failed ({done.stderr.decode(errors='replace')[-500:]}); "
+                           "check `java -version` works or score with backend='python'")
+    lines = done.stdout.decode("utf-8").split("\n")
+    if len(lines) < len(sentences):
+        raise RuntimeError(f"PTBTokenizer returned {len(lines)} lines for {len(sentences)} sentences")
+    punctuation = set(ptbtokenizer.PUNCTUATIONS)
+    return [" ".join(w for w in line.rstrip().split(" ") if w and w not in punctuation)
+            for line in lines[: len(sentences)]]
+
+
+def java_available() -> bool:
+    if shutil.which("java") is None:
+        return False
+    try:
+        return subprocess.run(["java", "-version"], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _check_inputs(references: dict[str, list[str]], hypotheses: dict[str, str]) -> list[str]:
+    if not hypotheses:
+        raise ValueError("no generated captions to score (hypotheses is empty)")
+    missing = [i for i in hypotheses if not references.get(i)]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} image id(s) have a generated caption but no reference captions, "
+            f"e.g. {missing[:5]}; score only images of a split whose captions file lists them"
+        )
+    for i, caption in hypotheses.items():
+        if not isinstance(caption, str):
+            raise TypeError(f"hypothesis for image {i!r} must be one string, got {type(caption).__name__}")
+        refs = references[i]
+        if isinstance(refs, str) or not all(isinstance(r, str) for r in refs):
+            raise TypeError(f"references for image {i!r} must be a list of strings, got {refs!r}")
+    return list(hypotheses)
+
+
+def _pycocoevalcap_scores(gts: dict, res: dict) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    bleu, bleu_per_image = Bleu(4).compute_score(gts, res, verbose=0)
+    rouge, rouge_per_image = Rouge().compute_score(gts, res)
+    cider, cider_per_image = Cider().compute_score(gts, res)
+    corpus = {f"bleu_{n + 1}": float(bleu[n]) for n in range(4)}
+    corpus.update(rouge_l=float(rouge), cider=float(cider))
+    per_image = {
+        i: {"bleu_4": float(b4), "rouge_l": float(r), "cider": float(c)}
+        for i, b4, r, c in zip(gts, bleu_per_image[3], rouge_per_image, cider_per_image)
+    }
+    return corpus, per_image
+
+
+@contextlib.contextmanager
+def _meteor_jar() -> Iterator:
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    meteor = Meteor()
+    try:
+        yield meteor
+    finally:  # don't leave a 2 GB-heap JVM behind until garbage collection
+        with contextlib.suppress(OSError):  # the jar may already have died
+            meteor.meteor_p.stdin.close()
+        meteor.meteor_p.kill()
+        meteor.meteor_p.wait()
+
+
+def _meteor_java(gts: dict, res: dict) -> tuple[float, list[float]]:
+    # The jar reads one line per request, so a caption must not contain its "|||" separator.
+    gts = {i: [r.replace("|||", "") for r in refs] for i, refs in gts.items()}
+    try:
+        with _meteor_jar() as meteor:
+            score, per_image = meteor.compute_score(gts, res)
+    except (ValueError, BrokenPipeError, OSError) as error:
+        raise RuntimeError(f"METEOR 1.5 (java) failed: {error}; check `java -version` works "
+                           "and that 2 GB of heap is available, or score with backend='python'") from error
+    return float(score), [float(s) for s in per_image]
+
+
+def _meteor_nltk(gts: dict, res: dict) -> tuple[float | None, list[float]]:
+    from nltk.translate.meteor_score import meteor_score
+
+    wordnet = load_wordnet()
+    if wordnet is None:
+        return None, []
+    per_image = [meteor_score([r.split() for r in gts[i]], res[i][0].split(), wordnet=wordnet, **NLTK_METEOR_PARAMS)
+                 for i in gts]
+    return sum(per_image) / len(per_image), per_image
+
+
+# --- WordNet for nltk's METEOR, offline ---------------------------------------------------
+# nltk.download() cannot run here, but Debian's wordnet-base + wordnet-sense-index ship the
+# WordNet 3.0 database files. They lack `lexnames`, which nltk's reader opens at start-up; its
+# content is fixed by WordNet 3.0 (lexnames(5WN)), so we write it next to symlinks of the rest.
+WORDNET_APT_PACKAGES = ("wordnet-base", "wordnet-sense-index")
+_WORDNET_DIRS = ("/usr/share/wordnet", "/usr/local/WordNet-3.0/dict", "/usr/share/wordnet/dict")
+_WORDNET_FILES = tuple(f"{kind}.{pos}" for kind in ("index", "data") for pos in ("noun", "verb", "adj", "adv")) + (
+    "noun.exc", "verb.exc", "adj.exc", "adv.exc")
+_WORDNET_OPTIONAL_FILES = ("index.sense", "cntlist.rev")
+_LEXNAMES = (
+    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body "
+    "noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location "
+    "noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process "
+    "noun.quantity noun.relation noun.shape noun.state noun.substance noun.time verb.body verb.change "
+    "verb.cognition verb.communication verb.competition verb.consumption verb.contact verb.creation "
+    "verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative verb.weather adj.ppl"
+).split()
+_LEXNAME_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
+
+
+def load_wordnet(search_dirs: tuple[str, ...] = _WORDNET_DIRS, cache_dir: Path | None = None):
+    """nltk's WordNet reader, or None when no WordNet is installed. Uses nltk's own corpus when
+    present; else lays a system WordNet dict out as nltk_data/corpora/wordnet under `cache_dir`
+    (default ~/.cache/caption-pipeline, a temp dir when that is read-only) and adds that
+    nltk_data dir to nltk.data.path. nltk loads the reader lazily, once per process."""
+    import nltk
+
+    try:
+        nltk.data.find("corpora/wordnet")
+    except LookupError:
+        source = next((Path(d) for d in search_dirs if all((Path(d) / f).is_file() for f in _WORDNET_FILES)), None)
+        if source is None:
+            return None
+        _wordnet_layout(source, cache_dir or Path.home() / ".cache" / "caption-pipeline")
+    return nltk.corpus.wordnet
+
+
+def _wordnet_layout(source: Path, cache_dir: Path) -> Path:
+    """Copies, not links: nltk's path sandbox refuses symlinks that resolve outside its data
+    paths and any hard-linked file. About 35 MB, copied once per cache dir."""
+    import nltk
+
+    try:
+        data_root = cache_dir / "nltk_data"
+        (data_root / "corpora" / "wordnet").mkdir(parents=True, exist_ok=True)
+    except OSError:
+        data_root = Path(tempfile.mkdtemp(prefix="nltk_data-"))
+        (data_root / "corpora" / "wordnet").mkdir(parents=True)
+    root = data_root / "corpora" / "wordnet"
+    for name in _WORDNET_FILES + _WORDNET_OPTIONAL_FILES:
+        if (source / name).is_file() and not (root / name).is_file():
+            staging = root / f"{name}.{os.getpid()}.tmp"
+            shutil.copyfile(source / name, staging)
+            staging.replace(root / name)  # atomic, so a concurrent run never reads half a file
+    if not (root / "lexnames").is_file():
+        lines = [f"{n:02d}\t{name}\t{_LEXNAME_CATEGORY[name.split('.')[0]]}\n" for n, name in enumerate(_LEXNAMES)]
+        staging = root / f"lexnames.{os.getpid()}.tmp"
+        staging.write_text("".join(lines))
+        staging.replace(root / "lexnames")
+    if str(data_root) not in map(str, nltk.data.path):
+        nltk.data.path.append(str(data_root))  # nltk only opens files under its data paths
+    return root

@@ -1,0 +1,98 @@
+"""Caption sheet: a PNG grid of images with their generated and reference captions, for a
+human to judge at a glance what the numbers in metrics.json mean."""
+from __future__ import annotations
+
+import logging
+import math
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+from PIL import Image  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+# One cell, in inches at DPI: a fixed figure size (no bbox_inches="tight") keeps the PNG's
+# pixel size a function of the item count alone, so sheets from different runs line up.
+CELL_WIDTH_IN = 3.6
+IMAGE_HEIGHT_IN = 2.7
+TEXT_HEIGHT_IN = 1.9
+DPI = 100
+WRAP_CHARS = 44  # characters per caption line at FONT_SIZE in CELL_WIDTH_IN
+FONT_SIZE = 8.5
+MAX_CAPTION_LINES = 3  # per caption; longer ones end in "..." so cells never overlap
+REFERENCES_SHOWN = 2
+
+
+def caption_sheet(items: list[dict], out_png: Path, columns: int = 4, score_label: str = "CIDEr-D") -> Path:
+    """Write a grid of `items` (each: image_path, generated, references, score) to `out_png`.
+    Item order is kept, so pass them sorted the way you want to read them."""
+    if not items:
+        raise ValueError("caption_sheet needs at least one item")
+    if columns < 1:
+        raise ValueError(f"columns must be >= 1, got {columns}")
+    for n, item in enumerate(items):
+        missing = {"image_path", "generated", "references", "score"} - set(item)
+        if missing:
+            raise ValueError(f"caption sheet item {n} lacks {', '.join(sorted(missing))}")
+    columns = min(columns, len(items))
+    rows = math.ceil(len(items) / columns)
+    cell_height = IMAGE_HEIGHT_IN + TEXT_HEIGHT_IN
+    fig = plt.figure(figsize=(columns * CELL_WIDTH_IN, rows * cell_height), dpi=DPI)
+    try:
+        _draw_cells(fig, items, columns, rows, score_label)
+        out_png = Path(out_png)
+        out_png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_png, dpi=DPI, facecolor="white", metadata={"Software": None})
+    finally:
+        plt.close(fig)
+    logger.info("wrote caption sheet with %d images to %s", len(items), out_png)
+    return out_png
+
+
+def _draw_cells(fig, items: list[dict], columns: int, rows: int, score_label: str) -> None:
+    cell_height = IMAGE_HEIGHT_IN + TEXT_HEIGHT_IN
+    for n, item in enumerate(items):
+        row, col = divmod(n, columns)
+        # Axes boxes in figure fractions: [left, bottom, width, height] with a small margin.
+        left = col / columns
+        top = 1 - row / rows
+        image_box = [left + 0.02 / columns, top - IMAGE_HEIGHT_IN / (rows * cell_height),
+                     0.96 / columns, (IMAGE_HEIGHT_IN - 0.1) / (rows * cell_height)]
+        _draw_image(fig.add_axes(image_box), Path(item["image_path"]))
+        text_top = top - (IMAGE_HEIGHT_IN + 0.05) / (rows * cell_height)
+        _draw_captions(fig, left + 0.03 / columns, text_top, item, score_label)
+
+
+def _draw_image(ax, image_path: Path) -> None:
+    if not image_path.is_file():
+        raise FileNotFoundError(f"caption sheet image {image_path} does not exist; "
+                                "pass image paths that resolve from the working directory")
+    with Image.open(image_path) as image:
+        image = image.convert("RGB")
+        image.thumbnail((512, 512))  # a sheet cell is ~360 px wide; keep memory small
+    ax.imshow(image)
+    ax.set_axis_off()
+
+
+def _draw_captions(fig, x: float, y: float, item: dict, score_label: str) -> None:
+    header = f"{score_label} {float(item['score']):.2f}"
+    if item.get("image_id") is not None:
+        header = f"{item['image_id']}  ·  {header}"
+    lines = [(header, {"color": "dimgray"})]
+    lines += [(line, {"weight": "bold"}) for line in _wrap(item["generated"])]
+    for reference in list(item["references"])[:REFERENCES_SHOWN]:
+        lines += [(line, {"color": "#404040", "style": "italic"}) for line in _wrap(reference, "ref: ")]
+    line_height = FONT_SIZE * 1.35 / 72 / fig.get_figheight()  # points -> figure fraction
+    for k, (text, style) in enumerate(lines):
+        fig.text(x, y - k * line_height, text, fontsize=FONT_SIZE, va="top", ha="left", **style)
+
+
+def _wrap(caption: str, prefix: str = "") -> list[str]:
+    lines = textwrap.wrap(prefix + " ".join(str(caption).split()), WRAP_CHARS, subsequent_indent=" " * len(prefix))
+    if len(lines) > MAX_CAPTION_LINES:
+        lines = lines[: MAX_CAPTION_LINES - 1] + [lines[MAX_CAPTION_LINES - 1][: WRAP_CHARS - 3] + "..."]
+    return lines or [prefix + "(empty caption)"]
