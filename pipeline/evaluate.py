@@ -2,18 +2,21 @@
 the COCO caption metrics, diversity, a per-image table to sort by worst, and a caption sheet."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from pipeline.captioner import Captioner
-from pipeline.metrics import diversity, score_captions
+from pipeline.features import FeatureTable
+from pipeline.metrics import diversity, java_available, meteor_jar, score_captions
 
 logger = logging.getLogger(__name__)
+SPLITS = ("test", "novel")  # novel: held-out attribute combinations, when the data set has them
 
 
 @dataclass
@@ -35,32 +38,44 @@ def generate(captioner: Captioner, features: torch.Tensor, beam_size: int, batch
     return captions, confidence
 
 
-def evaluate_split(captioner: Captioner, rows: pd.DataFrame, features: torch.Tensor,
-                   cfg: EvaluateConfig, train_captions: list[str]) -> tuple[dict, pd.DataFrame, dict]:
-    """Metrics for greedy and beam decoding of one split; the per-image table is for beam."""
-    refs = {i: list(c) for i, c in zip(rows["image_id"], rows["captions"])}
-    results, table, info = {}, None, {}
-    for name, beam in (("greedy", 1), ("beam", cfg.beam_size)):
-        captions, confidence = generate(captioner, features, beam, cfg.batch_size)
-        hyps = dict(zip(rows["image_id"], captions))
-        report = score_captions(refs, hyps, backend=cfg.backend)
-        results[name] = {**report.corpus, **diversity(hyps, train_captions)}
-        info = {"implementation": report.implementation, "skipped": report.skipped,
-                "scale": getattr(report, "scale", "0-1")}
-        if name == "beam" or table is None:
-            table = pd.DataFrame({
-                "image_id": rows["image_id"].values, "path": rows["path"].values, "caption": captions,
-                "mean_logprob": confidence, "references": [list(c) for c in rows["captions"]],
+def evaluate(captioner: Captioner, manifest: pd.DataFrame, table: FeatureTable,
+             cfg: EvaluateConfig) -> tuple[dict, pd.DataFrame, dict]:
+    """Metrics per split and decoding ({"test": {"greedy": {...}, "beam": {...}}, ...}), the
+    per-image table (beam captions with their scores) and what produced the figures."""
+    manifest = manifest[manifest.image_id.isin(set(table.ids))]
+    train_captions = [c for caps in manifest.loc[manifest.split == "train", "captions"] for c in caps]
+    use_java = cfg.backend == "coco" or (cfg.backend == "auto" and java_available())
+    metrics, tables, info = {}, [], {}
+    # One METEOR JVM for every split and decoding: its start costs 10-30 s each time.
+    with meteor_jar() if use_java else contextlib.nullcontext() as jar:
+        for split in SPLITS:
+            rows = manifest[manifest.split == split].reset_index(drop=True)
+            if rows.empty:
+                continue
+            features = torch.from_numpy(table.lookup(list(rows.image_id)))
+            refs = {i: list(c) for i, c in zip(rows.image_id, rows.captions)}
+            metrics[split] = {}
+            for decoding, beam in (("greedy", 1), ("beam", cfg.beam_size)):
+                captions, confidence = generate(captioner, features, beam, cfg.batch_size)
+                hyps = dict(zip(rows.image_id, captions))
+                report = score_captions(refs, hyps, backend=cfg.backend, meteor=jar)
+                metrics[split][decoding] = {**report.corpus, **diversity(hyps, train_captions)}
+                info = {"implementation": report.implementation, "skipped": report.skipped,
+                        "scale": report.scale, "backend": report.backend}
+            per_image = pd.DataFrame({
+                "split": split, "image_id": rows.image_id, "path": rows.path, "caption": captions,
+                "mean_logprob": confidence, "references": list(refs.values()),
             })
             for metric in ("bleu_4", "meteor", "rouge_l", "cider"):
-                table[metric] = [report.per_image.get(i, {}).get(metric) for i in rows["image_id"]]
-    return results, table, info
+                per_image[metric] = [report.per_image[i].get(metric) for i in rows.image_id]
+            tables.append(per_image)
+    if "test" not in metrics:
+        raise ValueError("the manifest has no test images: check data.test_fraction or the source's split files")
+    info.update(n_images={s: int((manifest.split == s).sum()) for s in metrics}, beam_size=cfg.beam_size,
+                length_penalty=cfg.length_penalty, decoding="free-running (no teacher forcing)")
+    return metrics, pd.concat(tables, ignore_index=True), info
 
 
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-
-
-def config_dict(cfg: EvaluateConfig) -> dict:
-    return asdict(cfg)

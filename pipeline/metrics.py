@@ -66,9 +66,10 @@ class MetricReport:
 
 
 def score_captions(
-    references: dict[str, list[str]], hypotheses: dict[str, str], backend: str = "auto"
+    references: dict[str, list[str]], hypotheses: dict[str, str], backend: str = "auto", meteor=None
 ) -> MetricReport:
-    """Score one generated caption per image against that image's reference captions."""
+    """Score one generated caption per image against that image's reference captions.
+    `meteor`: a running jar from `meteor_jar()`, to pay the JVM start (10-30 s) once for many calls."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown metrics backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     ids = _check_inputs(references, hypotheses)
@@ -96,7 +97,7 @@ def score_captions(
     if backend == "coco":
         implementation["tokenizer"] = "pycocoevalcap PTBTokenizer (Stanford CoreNLP 3.4.1, java)"
         implementation["meteor"] = "pycocoevalcap Meteor 1.5 (java jar, -l en -norm; corpus from pooled stats)"
-        meteor, meteor_per_image = _meteor_java(gts, res)
+        meteor, meteor_per_image = _meteor_java(gts, res, meteor)
     else:
         implementation["tokenizer"] = "PTB-like python regex (lowercase, split clitics, drop PTB punctuation)"
         meteor, meteor_per_image = _meteor_nltk(gts, res)
@@ -240,7 +241,8 @@ def _pycocoevalcap_scores(gts: dict, res: dict) -> tuple[dict[str, float], dict[
 
 
 @contextlib.contextmanager
-def _meteor_jar() -> Iterator:
+def meteor_jar() -> Iterator:
+    """One METEOR 1.5 JVM for the block; pass it to score_captions(meteor=...)."""
     from pycocoevalcap.meteor.meteor import Meteor
 
     meteor = Meteor()
@@ -253,12 +255,12 @@ def _meteor_jar() -> Iterator:
         meteor.meteor_p.wait()
 
 
-def _meteor_java(gts: dict, res: dict) -> tuple[float, list[float]]:
+def _meteor_java(gts: dict, res: dict, meteor=None) -> tuple[float, list[float]]:
     # The jar reads one line per request, so a caption must not contain its "|||" separator.
     gts = {i: [r.replace("|||", "") for r in refs] for i, refs in gts.items()}
     try:
-        with _meteor_jar() as meteor:
-            score, per_image = meteor.compute_score(gts, res)
+        with contextlib.nullcontext(meteor) if meteor is not None else meteor_jar() as jar:
+            score, per_image = jar.compute_score(gts, res)
     except (ValueError, BrokenPipeError, OSError) as error:
         raise RuntimeError(f"METEOR 1.5 (java) failed: {error}; check `java -version` works "
                            "and that 2 GB of heap is available, or score with backend='python'") from error

@@ -9,6 +9,7 @@ import sys
 from typing import Callable
 
 from pipeline.config import ParamsError
+from pipeline.encoders import EncoderWeightsError
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -24,7 +25,7 @@ def stage_main(fn: Callable[[], None]) -> Callable[[], None]:
                             format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
         try:
             fn()
-        except (ParamsError, FileNotFoundError, ValueError) as err:
+        except (ParamsError, FileNotFoundError, ValueError, EncoderWeightsError) as err:
             logging.getLogger(fn.__module__).error("%s", err)
             sys.exit(f"error: {err}")
     return run
