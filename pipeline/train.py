@@ -59,6 +59,19 @@ def caption_pairs(manifest: pd.DataFrame, vocab: Vocab, max_len: int) -> tuple[n
     return np.asarray(rows), tokens
 
 
+def length_bucketed_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Shuffled batches of caption pairs of similar length: padding to the longest caption of
+    a batch costs LSTM steps, and on a CPU those steps are most of the training time."""
+    order = torch.randperm(len(lengths), generator=generator)
+    chunk = batch_size * 32  # sort within random chunks so batches stay random across epochs
+    batches = []
+    for lo in range(0, len(order), chunk):
+        part = order[lo: lo + chunk]
+        part = part[torch.argsort(lengths[part], stable=True)]
+        batches += list(part.split(batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+
+
 def validation_score(decoder: CaptionDecoder, features: torch.Tensor, references: list[list[str]],
                      vocab: Vocab, cfg: TrainConfig, batch_size: int = 512) -> float:
     hyps = {}
@@ -77,6 +90,7 @@ def train(train_rows: pd.DataFrame, train_features: torch.Tensor, val_rows: pd.D
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     pair_rows, tokens = caption_pairs(train_rows, vocab, cfg.max_len)
+    lengths = (tokens != vocab.pad_id).sum(1)
     train_features = train_features.to(device)
     val_features = val_features.to(device)
     if cfg.val_max_images:
@@ -97,10 +111,8 @@ def train(train_rows: pd.DataFrame, train_features: torch.Tensor, val_rows: pd.D
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.time()
         decoder.train()
-        order = torch.randperm(len(pair_rows), generator=generator)
         total, count = 0.0, 0
-        for lo in range(0, len(order), cfg.batch_size):
-            idx = order[lo: lo + cfg.batch_size]
+        for idx in length_bucketed_batches(lengths, cfg.batch_size, generator):
             if len(idx) < 2:  # BatchNorm cannot train on a single sample
                 continue
             feats = train_features[torch.as_tensor(pair_rows[idx.numpy()], device=device)]

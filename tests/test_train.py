@@ -63,3 +63,13 @@ def test_training_learns_and_checkpoint_loads_safely(tmp_path):
     hyps = [loaded_vocab.decode(t) for t in out.tokens]
     correct = sum(any(h == r for r in refs) for h, refs in zip(hyps, val_rows.captions))
     assert correct >= 0.9 * len(hyps)
+
+
+def test_length_bucketed_batches_cover_every_pair_once_and_group_lengths():
+    from pipeline.train import length_bucketed_batches
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 20, (1000,), generator=g)
+    batches = length_bucketed_batches(lengths, 10, g)
+    assert sorted(torch.cat(batches).tolist()) == list(range(1000))
+    spread = sum(int(lengths[b].max() - lengths[b].min()) for b in batches) / len(batches)
+    assert spread < 3  # random batches of 10 would spread over ~14 lengths
