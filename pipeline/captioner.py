@@ -3,9 +3,13 @@
     from pipeline.captioner import Captioner
     captioner = Captioner.from_checkpoint("models/model.pt")
     captioner.generate_caption("photo.jpg")
+    captioner.caption_batch(["a.jpg", "b.png"])  # bad files become results with .error set
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +18,7 @@ import torch
 from pipeline.checkpoint import load_checkpoint
 from pipeline.decoding import Decoded, decode
 from pipeline.encoders import EncoderConfig, Preprocess, build_encoder
-from pipeline.images import ImageLoadError, load_rgb, make_loader
+from pipeline.images import ImageLoadError, load_image_tensor, make_loader
 from pipeline.model import CaptionDecoder, DecoderConfig
 from pipeline.runtime import resolve_device
 from pipeline.vocab import Vocab
@@ -24,15 +28,35 @@ from pipeline.vocab import Vocab
 class CaptionResult:
     path: str
     caption: str | None
-    mean_logprob: float | None
+    mean_logprob: float | None  # mean token log-probability: a length-fair confidence
     error: str | None = None
     width: int | None = None
     height: int | None = None
 
 
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's parts do not fit together (vocabulary, decoder, encoder)."""
+
+
+def model_digest(checkpoint: dict) -> str:
+    """Identity of the trained model (decoder weights, vocabulary, encoder): two checkpoints
+    caption alike iff this matches, wherever the file lives. Keys caption-batch's resume."""
+    digest = hashlib.sha256()
+    for state in (checkpoint["decoder_state"], checkpoint.get("encoder_state") or {}):
+        for key in sorted(state):
+            digest.update(key.encode())
+            digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    info = {k: checkpoint["encoder"].get(k) for k in ("name", "weights", "fingerprint", "preprocess")}
+    digest.update(json.dumps([checkpoint["vocab"], info, checkpoint["decoder"]], sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
 class Captioner:
     def __init__(self, checkpoint: dict, device: str = "cpu", beam_size: int = 3,
                  max_len: int = 20, length_penalty: float = 0.7):
+        missing = [k for k in ("vocab", "encoder", "decoder", "decoder_state") if k not in checkpoint]
+        if missing:
+            raise CheckpointMismatchError(f"checkpoint lacks {missing}: not written by the train stage")
         self.device = resolve_device(device)
         self.vocab = Vocab.from_list(checkpoint["vocab"])
         info = checkpoint["encoder"]
@@ -44,22 +68,37 @@ class Captioner:
         # silently give every image the same caption, so refuse instead.
         self.preprocess = Preprocess.from_dict(info["preprocess"])
         if self.preprocess != self.encoder.preprocess:
-            raise ValueError(f"checkpoint preprocessing {info['preprocess']} differs from encoder "
-                             f"{info['name']!r} preprocessing {self.encoder.preprocess.to_dict()}")
+            raise CheckpointMismatchError(
+                f"checkpoint preprocessing {info['preprocess']} differs from encoder {info['name']!r} "
+                f"preprocessing {self.encoder.preprocess.to_dict()}: retrain with the current encoder")
         spec = checkpoint["decoder"]
         if spec["vocab_size"] != len(self.vocab):
-            raise ValueError(f"decoder expects {spec['vocab_size']} words, vocabulary has {len(self.vocab)}")
+            raise CheckpointMismatchError(
+                f"decoder expects {spec['vocab_size']} words, the checkpoint's vocabulary has {len(self.vocab)}: "
+                f"the checkpoint is inconsistent, retrain it (dvc repro train)")
+        if spec["feature_dim"] != self.encoder.feature_dim:
+            raise CheckpointMismatchError(
+                f"decoder expects {spec['feature_dim']}-d features, encoder {info['name']!r} gives "
+                f"{self.encoder.feature_dim}: retrain the decoder on this encoder's features")
         cfg = DecoderConfig(**{k: spec[k] for k in ("embed_size", "hidden_size", "num_layers", "dropout")})
         self.decoder = CaptionDecoder(spec["feature_dim"], spec["vocab_size"], cfg)
-        self.decoder.load_state_dict(checkpoint["decoder_state"])
+        try:
+            self.decoder.load_state_dict(checkpoint["decoder_state"])
+        except RuntimeError as err:
+            raise CheckpointMismatchError(f"decoder weights do not fit the decoder description: {err}") from None
         self.encoder.to(self.device).eval()
         self.decoder.to(self.device).eval()
         self.beam_size, self.max_len, self.length_penalty = beam_size, max_len, length_penalty
-        self.model_id = str(checkpoint.get("extra", {}).get("model_id") or info.get("fingerprint", info["name"]))
+        self.model_id = str(checkpoint.get("extra", {}).get("model_id") or f"{info['name']}-{model_digest(checkpoint)}")
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", **kwargs) -> "Captioner":
-        return cls(load_checkpoint(path), device=device, **kwargs)
+        """Load on `device` (default CPU). torch.load(weights_only=True): a checkpoint cannot run code."""
+        try:
+            checkpoint = load_checkpoint(path)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:  # not a torch file, truncated...
+            raise CheckpointMismatchError(f"{path}: cannot be read as a checkpoint ({err})") from None
+        return cls(checkpoint, device=device, **kwargs)
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -79,18 +118,20 @@ class Captioner:
                       self.max_len, beam, self.length_penalty)
 
     def caption_tensors(self, images: torch.Tensor, beam_size: int | None = None) -> tuple[list[str], list[float]]:
+        """Preprocessed images (N, C, H, W) -> captions and their mean token log-probabilities."""
         out = self.decode_features(self.encode(images), beam_size)
         return [self.vocab.decode(t) for t in out.tokens], out.mean_logprob
 
     def generate_caption(self, image_path: str | Path, beam_size: int | None = None) -> str:
         """Caption one image; raises ImageLoadError with the reason for an unreadable file."""
-        image = load_rgb(Path(image_path), draft_size=self.preprocess.size)
-        captions, _ = self.caption_tensors(self.preprocess(image).unsqueeze(0), beam_size)
+        tensor, _ = load_image_tensor(Path(image_path), self.preprocess)
+        captions, _ = self.caption_tensors(tensor.unsqueeze(0), beam_size)
         return captions[0]
 
     def caption_batch(self, paths: list[str | Path], batch_size: int = 32, num_workers: int = 0,
                       beam_size: int | None = None) -> list[CaptionResult]:
-        """Caption many images; a bad file becomes a result with `error` set, never an exception."""
+        """Caption many images, results in input order; a bad file becomes a result with
+        `error` set, never an exception."""
         results: list[CaptionResult | None] = [None] * len(paths)
         loader = make_loader([Path(p) for p in paths], self.preprocess, batch_size, num_workers)
         for batch in loader:
@@ -104,4 +145,4 @@ class Captioner:
         return results  # type: ignore[return-value]
 
 
-__all__ = ["Captioner", "CaptionResult", "ImageLoadError"]
+__all__ = ["Captioner", "CaptionResult", "CheckpointMismatchError", "ImageLoadError", "model_digest"]

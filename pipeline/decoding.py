@@ -19,76 +19,87 @@ class Decoded:
 @torch.inference_mode()
 def decode(model: CaptionDecoder, features: torch.Tensor, start_id: int, end_id: int,
            max_len: int = 20, beam_size: int = 1, length_penalty: float = 0.7) -> Decoded:
+    """Caption every row of `features` (N, D). beam_size 1 is greedy; above that, beam search
+    ranked by logprob / length**length_penalty (0 = raw log-probability)."""
+    if max_len < 1:
+        raise ValueError(f"max_len must be at least 1, got {max_len}")
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be at least 1 (1 = greedy), got {beam_size}")
+    if features.shape[0] == 0:
+        return Decoded([], [], [])
     model.eval()
-    if beam_size <= 1:
+    if beam_size == 1:
         return greedy(model, features, start_id, end_id, max_len)
     return beam_search(model, features, start_id, end_id, max_len, beam_size, length_penalty)
 
 
-def greedy(model, features, start_id, end_id, max_len) -> Decoded:
-    n = features.shape[0]
+def greedy(model: CaptionDecoder, features: torch.Tensor, start_id: int, end_id: int,
+           max_len: int) -> Decoded:
+    n, device = features.shape[0], features.device
     state = model.start(features)
-    tokens = torch.full((n,), start_id, dtype=torch.long, device=features.device)
-    out = torch.zeros((n, max_len), dtype=torch.long, device=features.device)
-    logprob = torch.zeros(n, device=features.device)
-    length = torch.zeros(n, dtype=torch.long, device=features.device)
-    alive = torch.ones(n, dtype=torch.bool, device=features.device)
+    tokens = torch.full((n,), start_id, dtype=torch.long, device=device)
+    out = torch.full((n, max_len), end_id, dtype=torch.long, device=device)
+    logprob = torch.zeros(n, device=device)
+    length = torch.zeros(n, dtype=torch.long, device=device)
+    alive = torch.ones(n, dtype=torch.bool, device=device)
     for t in range(max_len):
         logp, state = model.step(tokens, state)
         best, tokens = logp.max(dim=-1)
-        logprob += best * alive
+        logprob += best * alive  # a finished caption scores nothing more
         length += alive
         out[:, t] = tokens
         alive &= tokens != end_id
-        if not alive.any():  # one check per step, not one .item() per image
+        if not alive.any():  # one sync per step, not one .item() per image
             break
     return _finish(out, logprob, length, end_id)
 
 
-def beam_search(model, features, start_id, end_id, max_len, beam_size, length_penalty) -> Decoded:
+def beam_search(model: CaptionDecoder, features: torch.Tensor, start_id: int, end_id: int,
+                max_len: int, beam_size: int, length_penalty: float) -> Decoded:
     """Standard beam search over (images x beams) at once. A finished beam stays in the beam
     with a frozen score (it can only be extended by <end> at zero cost), and candidates are
     ranked by score / length**length_penalty, so long and short captions compete fairly."""
     n, k, device = features.shape[0], beam_size, features.device
     h, c = model.start(features)
-    state = (h.repeat_interleave(k, dim=1), c.repeat_interleave(k, dim=1))
+    state = (h.repeat_interleave(k, dim=1), c.repeat_interleave(k, dim=1))  # row = image * k + beam
     tokens = torch.full((n * k,), start_id, dtype=torch.long, device=device)
     scores = torch.zeros(n, k, device=device)
     scores[:, 1:] = float("-inf")  # all beams start identical: keep only one alive at first
     lengths = torch.zeros(n, k, device=device)
     finished = torch.zeros(n, k, dtype=torch.bool, device=device)
     history = torch.zeros(n, k, 0, dtype=torch.long, device=device)
+    image_offset = torch.arange(n, device=device).unsqueeze(1) * k
     for _ in range(max_len):
         logp, state = model.step(tokens, state)
         vocab = logp.shape[-1]
         logp = logp.view(n, k, vocab)
         # Finished beams: the only continuation is <end> again, at no cost, length unchanged.
-        frozen = torch.full_like(logp[0, 0], float("-inf"))
+        frozen = torch.full((vocab,), float("-inf"), device=device)
         frozen[end_id] = 0.0
         logp = torch.where(finished.unsqueeze(-1), frozen, logp)
         candidates = scores.unsqueeze(-1) + logp  # (n, k, V)
         new_len = (lengths + (~finished)).unsqueeze(-1).expand_as(candidates)
         ranked = candidates / new_len.clamp(min=1) ** length_penalty
-        _, flat = ranked.view(n, -1).topk(k, dim=-1)
+        _, flat = ranked.reshape(n, -1).topk(k, dim=-1)
         beam, word = flat // vocab, flat % vocab
-        scores = candidates.view(n, -1).gather(1, flat)
+        scores = candidates.reshape(n, -1).gather(1, flat)
         lengths = new_len.reshape(n, -1).gather(1, flat)
         finished = finished.gather(1, beam) | (word == end_id)
         history = torch.cat([history.gather(1, beam.unsqueeze(-1).expand_as(history)), word.unsqueeze(-1)], -1)
-        rows = (beam + torch.arange(n, device=device).unsqueeze(1) * k).view(-1)
+        rows = (beam + image_offset).view(-1)
         state = (state[0][:, rows], state[1][:, rows])
         tokens = word.view(-1)
         if finished.all():
             break
     best = (scores / lengths.clamp(min=1) ** length_penalty).argmax(dim=-1)
-    pick = lambda x: x[torch.arange(n, device=device), best]  # noqa: E731
-    return _finish(pick(history), pick(scores), pick(lengths).long(), end_id)
+    chosen = torch.arange(n, device=device), best
+    return _finish(history[chosen], scores[chosen], lengths[chosen].long(), end_id)
 
 
 def _finish(out: torch.Tensor, logprob: torch.Tensor, length: torch.Tensor, end_id: int) -> Decoded:
     sequences = []
     for row in out.tolist():  # one transfer for the batch
         sequences.append(row[: row.index(end_id)] if end_id in row else row)
-    logprob = logprob.tolist()
-    length = length.clamp(min=1).tolist()
-    return Decoded(sequences, logprob, [lp / n for lp, n in zip(logprob, length)])
+    logprob_list = logprob.tolist()
+    lengths = length.clamp(min=1).tolist()
+    return Decoded(sequences, logprob_list, [lp / m for lp, m in zip(logprob_list, lengths)])

@@ -1,0 +1,396 @@
+"""caption-batch engine: caption every image under a directory into one Parquet file.
+
+Built for folders of millions of photos, some broken:
+- worker processes read, hash and decode files while the model runs the previous batch;
+- a file that cannot be decoded becomes an error row, never an exception;
+- rows go to small part files (atomic renames) in a hidden work dir beside OUT, so memory
+  stays flat and a killed run loses at most one part's worth of work;
+- a rerun skips files whose (path, sha256 of bytes, model) already has an ok row, in OUT or
+  in the parts a killed run left; error rows are always retried;
+- at the end, OUT, old parts and new parts are merged (last row per path wins, paths no
+  longer listed are dropped) into a temp file that atomically replaces OUT.
+"""
+from __future__ import annotations
+
+import fcntl
+import fnmatch
+import hashlib
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline.captioner import Captioner
+from pipeline.images import ImageBatch, ImageDataset, collate_images
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PATTERNS = ("*.jpg", "*.jpeg", "*.png", "*.bmp", "*.gif", "*.webp", "*.tif", "*.tiff")
+
+SCHEMA = pa.schema([
+    ("path", pa.string()),  # relative to the images dir, POSIX separators
+    ("path_escaped", pa.bool_()),  # True: the name is not UTF-8; `path` is its backslash-escaped repr
+    ("caption", pa.string()),
+    ("mean_logprob", pa.float64()),  # mean token log-probability (<end> included): confidence
+    ("status", pa.string()),  # ok | error
+    ("error", pa.string()),
+    ("width", pa.int32()),  # original size, upright per EXIF
+    ("height", pa.int32()),
+    ("content_hash", pa.string()),  # sha256 of the file's bytes; null when unreadable
+    ("model_id", pa.string()),
+])
+Key = tuple[str, bool]  # (path, path_escaped): identifies a row across runs
+
+
+class CaptionUsageError(ValueError):
+    """Bad arguments the user must fix (missing directory, foreign OUT file, busy OUT)."""
+
+
+@dataclass
+class CaptionConfig:
+    images_dir: str = ""  # used by the DVC stage; the CLI takes the directory as an argument
+    batch_size: int = 32
+    num_workers: int = 2  # decoding processes beside the model; 0 = decode in this process
+    threads: int = 0  # torch threads for the model; 0 = torch's default (the number of cores)
+    device: str = "auto"  # auto | cpu | cuda
+    beam_size: int = 3  # 1 = greedy
+    max_len: int = 20
+    length_penalty: float = 0.7
+    recursive: bool = True
+    patterns: list[str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))  # case-insensitive globs on names
+    part_size: int = 512  # rows per part file: the most work a killed run can lose
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "beam_size", "max_len", "part_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"caption.{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_workers < 0 or self.threads < 0:
+            raise ValueError("caption.num_workers and caption.threads must be >= 0")
+        if not self.patterns:
+            raise ValueError("caption.patterns is empty: give at least one glob such as '*.jpg'")
+
+
+# --- listing --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ImageFile:
+    path: Path  # on disk
+    key: str  # relative POSIX path as stored in OUT
+    escaped: bool  # the name is not valid UTF-8; `key` is a backslash-escaped repr
+    problem: str | None = None  # set for entries that must not even be opened (FIFO, device...)
+
+
+def relative_key(rel: str) -> tuple[str, bool]:
+    """Names that are not UTF-8 arrive as surrogate escapes (os.fsdecode), which Parquet cannot
+    store: keep a readable, deterministic escape of the raw bytes and mark the row."""
+    try:
+        rel.encode("utf-8")
+        return rel, False
+    except UnicodeEncodeError:
+        return os.fsencode(rel).decode("utf-8", "backslashreplace"), True
+
+
+def list_images(root: Path, patterns: Sequence[str], recursive: bool = True,
+                exclude: Sequence[Path] = ()) -> Iterator[ImageFile]:
+    """Files under `root` whose name matches a pattern (case-insensitive), in a stable order.
+    Symlinked directories are not followed (no cycles); broken symlinks and special files
+    are listed so that they get an error row instead of vanishing silently."""
+    lowered = [p.lower() for p in patterns]
+    skip = {os.path.abspath(p) for p in exclude}
+    stack: list[tuple[str, str]] = [(str(root), "")]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as err:
+            logger.warning("cannot list %s (%s): its images are skipped", directory, err.strerror or err)
+            continue
+        subdirs = []
+        for entry in entries:
+            if os.path.abspath(entry.path) in skip:
+                continue
+            rel = prefix + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append((entry.path, rel + "/"))
+                continue
+            if not any(fnmatch.fnmatchcase(entry.name.lower(), p) for p in lowered):
+                continue
+            problem = _special_file_problem(entry)
+            if problem == "directory":
+                continue  # a symlink to a directory, named like an image
+            key, escaped = relative_key(rel)
+            yield ImageFile(Path(entry.path), key, escaped, problem)
+        if recursive:
+            stack.extend(reversed(subdirs))
+
+
+def _special_file_problem(entry: os.DirEntry) -> str | None:
+    try:
+        if entry.is_file():  # follows symlinks: a regular file or a link to one
+            return None
+        if entry.is_dir():
+            return "directory"
+    except OSError:
+        return None  # broken or looping symlink: images.check_file names the problem
+    if entry.is_symlink() and not os.path.exists(entry.path):
+        return None
+    return "not a regular file (FIFO, socket or device); not opened"
+
+
+# --- decoding in workers --------------------------------------------------------------------
+
+def sha256_file(path: Path) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return None  # the decoder then reports why the file cannot be read
+    return digest.hexdigest()
+
+
+class _CaptionDataset(ImageDataset):
+    """ImageDataset that also hashes each file and does not decode files already captioned.
+    Items: (index, tensor | None, error | None, size | None, sha256 | None, skipped)."""
+
+    def __init__(self, files: Sequence[ImageFile], preprocess, done: dict[Key, str]):
+        super().__init__([f.path for f in files], preprocess)
+        self.files, self.done = files, done
+
+    def __getitem__(self, index: int):
+        file = self.files[index]
+        if file.problem:
+            return index, None, file.problem, None, None, False
+        digest = sha256_file(file.path)
+        if digest is not None and self.done.get((file.key, file.escaped)) == digest:
+            return index, None, None, None, digest, True
+        return (*super().__getitem__(index), digest, False)
+
+
+@dataclass
+class _Batch:
+    images: ImageBatch  # the files that were decoded or failed
+    hashes: dict[int, str | None]
+    skipped: list[int]
+
+
+def _collate(items: list[tuple]) -> _Batch:
+    return _Batch(collate_images([item[:4] for item in items if not item[5]]),
+                  {item[0]: item[4] for item in items}, [item[0] for item in items if item[5]])
+
+
+# --- part files and the final merge ------------------------------------------------------------
+
+class _PartWriter:
+    """Buffers rows; every `part_size` rows becomes one part file, written to a temp name and
+    renamed, so a part on disk is always complete."""
+
+    def __init__(self, parts_dir: Path, first_seq: int, part_size: int):
+        self.parts_dir, self.seq, self.part_size = parts_dir, first_seq, part_size
+        self.rows: list[dict] = []
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.part_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        table = pa.Table.from_pylist(self.rows, schema=SCHEMA)
+        path = self.parts_dir / f"part-{self.seq:08d}.parquet"
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+        self.seq, self.rows = self.seq + 1, []
+
+
+def _part_files(parts_dir: Path) -> list[Path]:
+    for stale in parts_dir.glob("*.tmp"):  # a write a killed run never finished
+        stale.unlink()
+    return sorted(parts_dir.glob("part-*.parquet"))
+
+
+def _check_schema(path: Path, is_out: bool) -> pq.ParquetFile | None:
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as err:
+        if is_out:
+            raise CaptionUsageError(f"{path} exists but is not a Parquet file ({err}); "
+                                    f"delete it or choose another output path") from None
+        logger.warning("ignoring unreadable part %s (%s): its images are captioned again", path, err)
+        return None
+    missing = set(SCHEMA.names) - set(pf.schema_arrow.names)
+    if missing:
+        raise CaptionUsageError(f"{path} is not a caption-batch output (no column(s) {sorted(missing)}); "
+                                f"delete it or choose another output path")
+    return pf
+
+
+def _sources(out: Path, parts: list[Path]) -> list[pq.ParquetFile]:
+    """Readable row sources, oldest first: the previous OUT, then the parts in order."""
+    found = [_check_schema(out, True)] if out.exists() else []
+    return [pf for pf in found + [_check_schema(p, False) for p in parts] if pf is not None]
+
+
+def _keys(pf: pq.ParquetFile, columns: Sequence[str] = ()) -> Iterator[dict]:
+    for batch in pf.iter_batches(columns=["path", "path_escaped", *columns]):
+        yield batch.to_pydict()
+
+
+def previously_captioned(sources: list[pq.ParquetFile], model_id: str) -> dict[Key, str]:
+    """(path, escaped) -> content hash of the latest row, kept only when it is an ok row of
+    this model: those files need no new caption while their bytes stay the same."""
+    latest: dict[Key, tuple[str, str, str]] = {}
+    for pf in sources:
+        for cols in _keys(pf, ["status", "content_hash", "model_id"]):
+            for p, e, s, h, m in zip(cols["path"], cols["path_escaped"], cols["status"],
+                                     cols["content_hash"], cols["model_id"]):
+                latest[(p, e)] = (s, h, m)
+    return {key: h for key, (s, h, m) in latest.items() if s == "ok" and h and m == model_id}
+
+
+def merge_rows(sources: list[pq.ParquetFile], listed: set[Key], target: Path) -> dict[str, int]:
+    """Write, into `target`, the latest row of every listed path across `sources`. Two streaming
+    passes (keys, then rows), so memory holds the keys, not the rows."""
+    winner: dict[Key, tuple[int, int]] = {}
+    for s, pf in enumerate(sources):
+        row = 0
+        for cols in _keys(pf):
+            for key in zip(cols["path"], cols["path_escaped"]):
+                if key in listed:
+                    winner[key] = (s, row)
+                row += 1
+    counts = {"ok": 0, "error": 0}
+    with pq.ParquetWriter(target, SCHEMA) as writer:
+        if not sources:
+            writer.write_table(SCHEMA.empty_table())
+        for s, pf in enumerate(sources):
+            row = 0
+            for batch in pf.iter_batches(columns=SCHEMA.names):
+                keys = zip(batch.column("path").to_pylist(), batch.column("path_escaped").to_pylist())
+                keep = [winner.get(key) == (s, row + i) for i, key in enumerate(keys)]
+                row += len(batch)
+                table = pa.Table.from_batches([batch]).filter(pa.array(keep, pa.bool_())).cast(SCHEMA)
+                for status in table.column("status").to_pylist():
+                    counts[status] = counts.get(status, 0) + 1
+                writer.write_table(table)
+    return counts
+
+
+def _replace_atomically(tmp: Path, out: Path) -> None:
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())  # the data is on disk before the name points at it
+    os.replace(tmp, out)
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+def parts_dir_for(out: Path) -> Path:
+    return out.parent / f".{out.name}.parts"
+
+
+def _lock(parts_dir: Path):
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(parts_dir / "lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise CaptionUsageError(f"another caption-batch run is writing {parts_dir.parent}; wait for it "
+                                f"or choose another output path") from None
+    return handle
+
+
+def _row(file: ImageFile, model_id: str, digest: str | None, *, caption: str | None = None,
+         confidence: float | None = None, error: str | None = None,
+         size: tuple[int, int] | None = None) -> dict:
+    return {"path": file.key, "path_escaped": file.escaped, "caption": caption, "mean_logprob": confidence,
+            "status": "error" if error else "ok", "error": error, "width": size[0] if size else None,
+            "height": size[1] if size else None, "content_hash": digest, "model_id": model_id}
+
+
+def caption_directory(images_dir: str | Path, out_path: str | Path, checkpoint_path: str | Path,
+                      cfg: CaptionConfig, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Caption the images under `images_dir` into the Parquet file `out_path` (resuming when it
+    or a killed run's parts exist). progress(done, total) is called after every batch.
+    Returns a summary: counts (listed, captioned, skipped, failed, rows), seconds, images/s."""
+    images_dir, out = Path(images_dir), Path(out_path)
+    if not images_dir.is_dir():
+        raise CaptionUsageError(f"{images_dir}: no such directory; pass the folder of images to caption")
+    if out.is_dir():
+        raise CaptionUsageError(f"{out} is a directory; give a file name such as captions.parquet")
+    started = time.time()
+    parts_dir = parts_dir_for(out)
+    lock, finished = _lock(parts_dir), False
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        captioner = Captioner.from_checkpoint(checkpoint_path, device=cfg.device, beam_size=cfg.beam_size,
+                                              max_len=cfg.max_len, length_penalty=cfg.length_penalty)
+        files = list(list_images(images_dir, cfg.patterns, cfg.recursive, exclude=[out, parts_dir]))
+        if not files:
+            logger.warning("no file under %s matches %s", images_dir, " ".join(cfg.patterns))
+        parts = _part_files(parts_dir)
+        done = previously_captioned(_sources(out, parts), captioner.model_id)
+        next_seq = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
+        stats = _caption_files(files, captioner, cfg, done, _PartWriter(parts_dir, next_seq, cfg.part_size),
+                               progress)
+        tmp = parts_dir / "merged.parquet.tmp"
+        counts = merge_rows(_sources(out, _part_files(parts_dir)), {(f.key, f.escaped) for f in files}, tmp)
+        _replace_atomically(tmp, out)
+        finished = True
+    finally:
+        if finished or not any(parts_dir.glob("part-*")):  # keep the parts of an unfinished run
+            shutil.rmtree(parts_dir, ignore_errors=True)  # still locked: no other run is using it
+        lock.close()
+    seconds = time.time() - started
+    summary = {"listed": len(files), **stats, "rows": counts["ok"] + counts["error"],
+               "failed": counts["error"], "seconds": round(seconds, 3), "out": str(out),
+               "model_id": captioner.model_id,
+               "images_per_second": round(stats["captioned"] / max(stats["caption_seconds"], 1e-9), 2)}
+    logger.info("caption-batch: %d listed, %d captioned, %d skipped (already captioned), %d failed "
+                "-> %s (%.1fs, %.1f images/s)", summary["listed"], summary["captioned"], summary["skipped"],
+                summary["failed"], out, seconds, summary["images_per_second"])
+    return summary
+
+
+def _caption_files(files: list[ImageFile], captioner: Captioner, cfg: CaptionConfig, done: dict[Key, str],
+                   writer: _PartWriter, progress: Callable[[int, int], None] | None) -> dict:
+    loader = DataLoader(_CaptionDataset(files, captioner.preprocess, done), batch_size=cfg.batch_size,
+                        shuffle=False, num_workers=cfg.num_workers, collate_fn=_collate,
+                        pin_memory=captioner.device.type == "cuda")
+    stats = {"captioned": 0, "skipped": 0}
+    seen, started, last_log = 0, time.time(), time.time()
+    try:
+        for batch in loader:
+            b = batch.images
+            for index, error in b.failures:
+                writer.add(_row(files[index], captioner.model_id, batch.hashes[index], error=error))
+            if b.images is not None:
+                captions, confidence = captioner.caption_tensors(b.images)
+                for index, caption, conf, size in zip(b.indices, captions, confidence, b.sizes):
+                    writer.add(_row(files[index], captioner.model_id, batch.hashes[index],
+                                    caption=caption, confidence=conf, size=size))
+            stats["captioned"] += len(b.indices)
+            stats["skipped"] += len(batch.skipped)
+            seen += len(batch.hashes)
+            if progress:
+                progress(seen, len(files))
+            elif time.time() - last_log > 30:
+                last_log = time.time()
+                logger.info("caption-batch: %d/%d files", seen, len(files))
+    finally:
+        writer.flush()  # interrupted or not, finished rows reach a part file
+    stats["caption_seconds"] = time.time() - started
+    return stats

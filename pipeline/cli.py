@@ -1,0 +1,103 @@
+"""`caption-batch IMAGES OUT.parquet`: caption a whole directory with the trained model.
+
+Exit codes: 0 every file captioned; 3 some files failed (their rows are in OUT with
+status "error"); 2 usage error (missing directory, no model, model/vocab mismatch...).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+from pipeline.batch import DEFAULT_PATTERNS, CaptionConfig, CaptionUsageError, caption_directory
+from pipeline.captioner import CheckpointMismatchError
+from pipeline.config import ParamsError
+from pipeline.encoders import EncoderWeightsError
+from pipeline.runtime import resolve_device
+
+EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130
+_DEFAULTS = CaptionConfig()
+
+app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _progress_bar(console: Console) -> Progress:
+    return Progress(TextColumn("captioning"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                    TextColumn("{task.fields[rate]}"),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
+
+
+@app.command(epilog="Exit codes: 0 all captioned, 3 some files failed (rows written with status "
+                    "'error'), 2 usage error. Rerunning with the same OUT resumes: files already "
+                    "captioned by the same model with unchanged bytes are skipped.")
+def main(
+    images: Path = typer.Argument(..., help="Directory of images to caption."),
+    out: Path = typer.Argument(..., help="Output Parquet file (one row per image; resumed if it exists)."),
+    model: Path = typer.Option(Path("models/model.pt"),
+                               help="Trained checkpoint (`dvc repro` writes models/model.pt)."),
+    device: Device = typer.Option(Device.auto, help="auto = cuda when available, else cpu."),
+    batch_size: int = typer.Option(_DEFAULTS.batch_size, min=1, help="Images per forward pass."),
+    workers: int = typer.Option(_DEFAULTS.num_workers, min=0,
+                                help="Image-decoding processes (0 = in the main process)."),
+    threads: int = typer.Option(_DEFAULTS.threads, min=0, help="Torch threads for the model (0 = torch default)."),
+    beam_size: int = typer.Option(_DEFAULTS.beam_size, min=1, help="Beam width (1 = greedy)."),
+    max_len: int = typer.Option(_DEFAULTS.max_len, min=1, help="Longest caption, in words."),
+    part_size: int = typer.Option(_DEFAULTS.part_size, min=1,
+                                  help="Rows per part file: at most this much work is lost if killed."),
+    recursive: bool = typer.Option(_DEFAULTS.recursive, help="Descend into subdirectories."),
+    pattern: Optional[List[str]] = typer.Option(
+        None, help=f"File-name glob, case-insensitive; repeatable. [default: {' '.join(DEFAULT_PATTERNS)}]",
+        show_default=False),
+) -> None:
+    """Caption every image under IMAGES into OUT.parquet with the trained model; broken files
+    become rows with status 'error'. Rerunning with the same OUT resumes where it stopped."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    console = Console(stderr=True)
+    try:
+        try:
+            resolve_device(device.value)
+        except RuntimeError as err:  # asked for CUDA on a machine without it
+            raise CaptionUsageError(str(err)) from None
+        cfg = CaptionConfig(images_dir=str(images), batch_size=batch_size, num_workers=workers, threads=threads,
+                            device=device.value, beam_size=beam_size, max_len=max_len, part_size=part_size,
+                            recursive=recursive, patterns=list(pattern or DEFAULT_PATTERNS))
+        if console.is_terminal:
+            with _progress_bar(console) as bar:
+                task = bar.add_task("caption", total=None, rate="")
+
+                def report(done: int, total: int) -> None:
+                    speed = bar.tasks[task].speed
+                    bar.update(task, completed=done, total=total, rate=f"{speed:.1f} images/s" if speed else "")
+                summary = caption_directory(images, out, model, cfg, progress=report)
+        else:
+            summary = caption_directory(images, out, model, cfg)
+    except (CaptionUsageError, CheckpointMismatchError, EncoderWeightsError, FileNotFoundError, ParamsError,
+            ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the rows done so far are kept; run the same command again to resume", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    typer.echo(f"done: {summary['captioned']} captioned, {summary['skipped']} skipped (already captioned), "
+               f"{summary['failed']} failed -> {out}", err=True)
+    if summary["failed"]:
+        typer.echo(f"{summary['failed']} file(s) could not be captioned: see the rows with status 'error' "
+                   f"in {out} (exit code {EXIT_SOME_FAILED})", err=True)
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+if __name__ == "__main__":
+    app()

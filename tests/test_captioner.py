@@ -1,0 +1,141 @@
+"""The Python API on a checkpoint the test builds itself (random-init efficientnet_lite0,
+tiny decoder). `make_checkpoint` and `make_image` are also used by test_batch and test_cli."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.captioner import Captioner, CheckpointMismatchError
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.encoders import EncoderConfig, build_encoder
+from pipeline.images import ImageLoadError, load_image_tensor
+from pipeline.model import CaptionDecoder, DecoderConfig
+from pipeline.vocab import Vocab
+
+WORDS = ["a", "red", "blue", "circle", "square", "on", "the", "left", "right"]
+
+
+def make_checkpoint(path: Path, seed: int = 0, vocab_size: int | None = None) -> Path:
+    """A checkpoint in the train stage's format. Random weights, but calibrated so that captions
+    are a few real words that differ between images: the image BatchNorm standardises the
+    (nearly identical) random-encoder features of a few images, special tokens are unlikely."""
+    encoder = build_encoder(EncoderConfig("efficientnet_lite0", "none"))
+    vocab = Vocab(WORDS)
+    torch.manual_seed(seed)
+    decoder = CaptionDecoder(encoder.feature_dim, len(vocab), DecoderConfig(embed_size=8, hidden_size=16, dropout=0.0))
+    pictures = [Image.fromarray(np.full((32, 32, 3), 25 * i, np.uint8)) for i in range(8)]
+    with torch.no_grad():
+        embedded = decoder.image_embed(encoder(torch.stack([encoder.preprocess(p) for p in pictures])))
+        decoder.image_bn.running_mean.copy_(embedded.mean(0))
+        decoder.image_bn.running_var.copy_(embedded.var(0) / 4)
+        for weight in (decoder.lstm.weight_ih_l0, decoder.lstm.weight_hh_l0, decoder.head.weight):
+            weight.mul_(4.0)  # default init is too gentle for the image to matter
+        decoder.head.bias[[vocab.pad_id, vocab.start_id, vocab.unk_id]] = -20.0
+        decoder.head.bias[vocab.end_id] = -1.0
+    describe = decoder.describe()
+    if vocab_size is not None:
+        describe["vocab_size"] = vocab_size
+    save_checkpoint(path, decoder_state=decoder.state_dict(), decoder=describe, vocab=vocab.to_list(),
+                    encoder={"name": encoder.name, "weights": "none", "fingerprint": encoder.fingerprint,
+                             "preprocess": encoder.preprocess.to_dict(), "feature_dim": encoder.feature_dim},
+                    config={"seed": seed})
+    return path
+
+
+def make_image(path: Path, seed: int, size: tuple[int, int] = (48, 40), mode: str = "RGB") -> Path:
+    """Random blocky picture (distinct per seed) in any PIL mode/format given by the suffix."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    pixels = np.kron(blocks, np.ones((size[1] // 4 + 1, size[0] // 4 + 1, 1), dtype=np.uint8))[: size[1], : size[0]]
+    image = Image.fromarray(pixels, "RGB")
+    if mode != "RGB":
+        image = image.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    # Small tensors on 2 shared cores: one torch thread is far faster than two contending.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("model") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def captioner(checkpoint) -> Captioner:
+    return Captioner.from_checkpoint(checkpoint, beam_size=2, max_len=6)
+
+
+def test_generate_caption_equals_batch_and_decoding_of_the_features(captioner, tmp_path):
+    paths = [make_image(tmp_path / f"{i}.png", seed=i) for i in range(5)]
+    single = [captioner.generate_caption(p) for p in paths]
+    results = captioner.caption_batch(paths, batch_size=2)
+    assert [r.caption for r in results] == single
+    assert [r.path for r in results] == [str(p) for p in paths]
+    assert all(r.error is None and (r.width, r.height) == (48, 40) for r in results)
+    # Independent route: the same tensors through encoder + decoder by hand.
+    images = torch.stack([load_image_tensor(p, captioner.preprocess)[0] for p in paths])
+    words = captioner.vocab.stoi
+    with torch.inference_mode():
+        features = captioner.encoder(images).half().float()
+    decoded = captioner.decode_features(features)
+    assert [captioner.vocab.decode(t) for t in decoded.tokens] == single
+    assert all(len(c.split()) >= 1 and all(w in words for w in c.split()) for c in single)
+    # Each image scores differently, so a mix-up of images and results would show here.
+    assert len({round(r.mean_logprob, 4) for r in results}) == len(results)
+    assert [r.mean_logprob for r in results] == pytest.approx(decoded.mean_logprob, abs=1e-4)
+
+
+def test_bad_files_become_results_not_exceptions(captioner, tmp_path):
+    good = make_image(tmp_path / "good.jpg", seed=1)
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    results = captioner.caption_batch([empty, good, text])
+    assert [r.error is None for r in results] == [False, True, False]
+    assert "empty" in results[0].error and results[0].caption is None
+    with pytest.raises(ImageLoadError):
+        captioner.generate_caption(text)
+
+
+def test_checkpoint_loads_on_cpu_without_running_code(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "captioner-checkpoint-v1", "decoder_state": Payload()}, evil)
+    with pytest.raises(CheckpointMismatchError, match="cannot be read"):
+        Captioner.from_checkpoint(evil)
+    assert not marker.exists()
+
+
+def test_inconsistent_checkpoints_are_refused_with_a_reason(tmp_path):
+    with pytest.raises(CheckpointMismatchError, match="vocabulary"):
+        Captioner.from_checkpoint(make_checkpoint(tmp_path / "m.pt", vocab_size=len(WORDS) + 7))
+    with pytest.raises(FileNotFoundError, match="dvc repro"):
+        Captioner.from_checkpoint(tmp_path / "missing.pt")
+
+
+def test_model_id_follows_the_weights_not_the_file_name(tmp_path):
+    a = make_checkpoint(tmp_path / "a.pt", seed=0)
+    b = make_checkpoint(tmp_path / "b.pt", seed=1)
+    os.link(a, tmp_path / "a_copy.pt")
+    ids = [Captioner(load_checkpoint(p)).model_id for p in (a, tmp_path / "a_copy.pt", b)]
+    assert ids[0] == ids[1] != ids[2]
