@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fcntl
 import fnmatch
-import hashlib
 import logging
 import os
 import shutil
@@ -29,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.captioner import Captioner
+from pipeline.hashing import file_sha256
 from pipeline.images import ImageBatch, ImageDataset, collate_images
 
 logger = logging.getLogger(__name__)
@@ -149,14 +149,10 @@ def _special_file_problem(entry: os.DirEntry) -> str | None:
 # --- decoding in workers --------------------------------------------------------------------
 
 def sha256_file(path: Path) -> str | None:
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
+        return file_sha256(path)
     except OSError:
         return None  # the decoder then reports why the file cannot be read
-    return digest.hexdigest()
 
 
 class _CaptionDataset(ImageDataset):

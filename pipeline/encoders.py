@@ -29,6 +29,7 @@ import torchvision
 import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import nn
+from pipeline.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -295,14 +296,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class Encoder(nn.Module):
     """Frozen by default (eval mode, no grads); see unfreeze_last for fine-tuning."""
 
@@ -397,7 +390,7 @@ def _weights_file(cfg: EncoderConfig, entry: _Entry) -> tuple[Path, str]:
     if not path.is_file():
         raise EncoderWeightsError(f"encoder.weights: {cfg.weights!r} is neither 'pretrained', 'none' "
                                   f"nor an existing state-dict file")
-    return path, f"sha256:{_file_sha256(path)[:16]}"
+    return path, f"sha256:{file_sha256(path)[:16]}"
 
 
 def build_classifier(cfg: EncoderConfig) -> nn.Sequential:

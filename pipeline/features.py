@@ -25,6 +25,7 @@ import torch
 from pipeline.encoders import Encoder, EncoderConfig, build_encoder
 from pipeline.images import ImageLoadError, check_file, make_loader
 from pipeline.runtime import resolve_device
+from pipeline.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -57,19 +58,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return _PRECISIONS[precision]
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def content_key(path: Path, fingerprint: str) -> str:
     """Cache key of one image under one encoder; raises ImageLoadError for unreadable files."""
     check_file(path)
     try:
-        image_digest = _file_sha256(path)
+        image_digest = file_sha256(path)
     except OSError as err:
         raise ImageLoadError(f"cannot read file ({err.strerror or err})") from None
     return hashlib.sha256(f"{fingerprint}\n{image_digest}".encode()).hexdigest()

@@ -16,6 +16,8 @@ def main() -> None:
     p.add_argument("--report", type=Path, required=True)
     args = p.parse_args()
     cfg = load_section(args.params, "caption", CaptionConfig)
+    if not cfg.images_dir:
+        raise ValueError("caption.images_dir is empty: name the directory to caption in params.yaml")
     summary = caption_directory(Path(cfg.images_dir), args.out, args.model, cfg)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")

@@ -36,7 +36,7 @@ def checkpoint(tmp_path_factory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("model") / "model.pt")
 
 
-def invoke(*args) -> "Result":
+def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 

@@ -1,7 +1,6 @@
 import json
 import os
 import time
-from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
