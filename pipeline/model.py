@@ -38,9 +38,11 @@ class CaptionDecoder(nn.Module):
         """Teacher forcing. captions: (B, T) = <start> w1 .. wn <end> <pad>..; returns logits
         (B, T-1, V) predicting captions[:, 1:]. The image is step 0, whose output is unused
         (as in Show and Tell: the image primes the state, <start> begins the sentence)."""
+        # Dropout on words and LSTM outputs, not on the image embedding: the image is the one
+        # signal that tells captions apart, and dropping half of it each step blurs attributes.
         image = self.embed_image(features).unsqueeze(1)
-        words = self.word_embed(captions[:, :-1])
-        out, _ = self.lstm(self.dropout(torch.cat([image, words], dim=1)))
+        words = self.dropout(self.word_embed(captions[:, :-1]))
+        out, _ = self.lstm(torch.cat([image, words], dim=1))
         return self.head(self.dropout(out[:, 1:]))
 
     # --- incremental decoding, used by greedy and beam search -------------------------

@@ -1,5 +1,6 @@
-"""One plain training loop: teacher forcing on cached features, a free-running validation
-score every epoch (not just the loss) for early stopping, best checkpoint kept, timings logged."""
+"""One plain training loop: teacher forcing on image features (cached, or from a trainable
+encoder when fine-tuning: see pipeline.finetune), a free-running validation score every epoch
+(not just the loss) for early stopping, best checkpoint kept, timings logged."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +8,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import pandas as pd
@@ -29,8 +30,8 @@ class TrainConfig(DecoderConfig):
     lr: float = 2e-3
     weight_decay: float = 0.0
     batch_size: int = 128
-    epochs: int = 30
-    patience: int = 5  # epochs without a better validation score before stopping
+    epochs: int = 10
+    patience: int = 3  # epochs without a better validation score before stopping
     max_len: int = 22  # tokens incl. <start>/<end>; longer captions are truncated
     grad_clip: float = 5.0
     val_metric: str = "cider"  # free-running greedy score used for model selection: cider | bleu_4
@@ -72,6 +73,45 @@ def length_bucketed_batches(lengths: torch.Tensor, batch_size: int, generator: t
     return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
 
 
+class FeatureSource(Protocol):
+    """Where a batch's image features come from: the cache (CachedFeatures) or images run
+    through a trainable encoder (pipeline.finetune.EncoderFeatures). The loop is the same."""
+    feature_dim: int
+
+    def param_groups(self) -> list[dict]: ...  # optimiser groups beyond the decoder's
+    def train(self, mode: bool = True) -> None: ...
+    def batches(self, pair_rows: np.ndarray, batches: list[torch.Tensor], device: torch.device
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...  # (pair indices, features)
+    def val_features(self, n: int, device: torch.device) -> tuple[torch.Tensor, list[int]]: ...
+    def checkpoint_parts(self) -> dict: ...  # encoder info (+ encoder_state) for save_checkpoint
+
+
+class CachedFeatures:
+    """Features precomputed by the features stage: nothing to train on the encoder side."""
+
+    def __init__(self, train_features: torch.Tensor, val_features: torch.Tensor, encoder_info: dict):
+        self.train_features, self.val, self.encoder_info = train_features, val_features, encoder_info
+        self.feature_dim = train_features.shape[1]
+
+    def param_groups(self) -> list[dict]:
+        return []
+
+    def train(self, mode: bool = True) -> None:
+        pass
+
+    def batches(self, pair_rows, batches, device):
+        self.train_features = self.train_features.to(device)  # once: a no-op from then on
+        for idx in batches:
+            yield idx, self.train_features[torch.as_tensor(pair_rows[idx.numpy()], device=device)]
+
+    def val_features(self, n, device):
+        self.val = self.val.to(device)
+        return self.val[:n], list(range(min(n, len(self.val))))
+
+    def checkpoint_parts(self) -> dict:
+        return {"encoder": self.encoder_info}
+
+
 def validation_score(decoder: CaptionDecoder, features: torch.Tensor, references: list[list[str]],
                      vocab: Vocab, cfg: TrainConfig, batch_size: int = 512) -> float:
     hyps = {}
@@ -86,49 +126,61 @@ def validation_score(decoder: CaptionDecoder, features: torch.Tensor, references
 def train(train_rows: pd.DataFrame, train_features: torch.Tensor, val_rows: pd.DataFrame,
           val_features: torch.Tensor, vocab: Vocab, cfg: TrainConfig, out_path: Path,
           encoder_info: dict, log_metric: Callable[[dict], None] = lambda m: None) -> dict:
-    """Train the decoder; keep the checkpoint of the epoch with the best validation score."""
+    """Train the decoder on cached features (row i of *_features belongs to row i of *_rows)."""
+    return fit(CachedFeatures(train_features, val_features, encoder_info), train_rows, val_rows,
+               vocab, cfg, out_path, log_metric)
+
+
+def fit(source: FeatureSource, train_rows: pd.DataFrame, val_rows: pd.DataFrame, vocab: Vocab,
+        cfg: TrainConfig, out_path: Path, log_metric: Callable[[dict], None] = lambda m: None) -> dict:
+    """Train the decoder (and whatever `source` trains); keep the checkpoint of the epoch with
+    the best free-running validation score."""
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     pair_rows, tokens = caption_pairs(train_rows, vocab, cfg.max_len)
     lengths = (tokens != vocab.pad_id).sum(1)
-    train_features = train_features.to(device)
-    val_features = val_features.to(device)
-    if cfg.val_max_images:
-        val_features, val_rows = val_features[: cfg.val_max_images], val_rows.iloc[: cfg.val_max_images]
-    val_refs = list(val_rows["captions"])
-    decoder = CaptionDecoder(train_features.shape[1], len(vocab), cfg.decoder_config()).to(device)
-    optimizer = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(pair_rows) / cfg.batch_size)
+    n_val = cfg.val_max_images or len(val_rows)
+    val_refs = list(val_rows["captions"].iloc[:n_val])
+    decoder = CaptionDecoder(source.feature_dim, len(vocab), cfg.decoder_config()).to(device)
+    groups = [{"params": list(decoder.parameters()), "lr": cfg.lr}, *source.param_groups()]
+    trainable = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_steps = math.ceil(len(pair_rows) / cfg.batch_size) * cfg.epochs
     # Cosine decay over the planned epochs: a constant LR plateaus early on small data.
+    # OneCycleLR divides by zero when its warm-up is exactly one step (10 steps in all): take two.
+    warmup = 0.2 if total_steps == 10 else 0.1
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=steps_per_epoch * cfg.epochs, pct_start=0.1)
+        optimizer, max_lr=[g["lr"] for g in groups], total_steps=total_steps, pct_start=warmup)
     loss_fn = nn.CrossEntropyLoss(ignore_index=vocab.pad_id)
     generator = torch.Generator().manual_seed(cfg.seed)
     logger.info("train: %d images, %d caption pairs, %d val images, vocab %d, device %s",
-                len(train_rows), len(pair_rows), len(val_rows), len(vocab), device)
+                len(train_rows), len(pair_rows), len(val_refs), len(vocab), device)
 
     best, best_epoch, history = -math.inf, -1, []
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.time()
         decoder.train()
+        source.train()
         total, count = 0.0, 0
-        for idx in length_bucketed_batches(lengths, cfg.batch_size, generator):
+        batches = [b for b in length_bucketed_batches(lengths, cfg.batch_size, generator) if len(b) >= 2]
+        for idx, feats in source.batches(pair_rows, batches, device):
             if len(idx) < 2:  # BatchNorm cannot train on a single sample
                 continue
-            feats = train_features[torch.as_tensor(pair_rows[idx.numpy()], device=device)]
             caps = tokens[idx].to(device)
             caps = caps[:, : int((caps != vocab.pad_id).sum(1).max())]  # trim padding columns
             logits = decoder(feats, caps)
             loss = loss_fn(logits.reshape(-1, logits.shape[-1]), caps[:, 1:].reshape(-1))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(decoder.parameters(), cfg.grad_clip)
+            nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             optimizer.step()
             scheduler.step()
             total, count = total + loss.item() * len(idx), count + len(idx)
         train_time = time.time() - t0
 
-        score = validation_score(decoder, val_features, val_refs, vocab, cfg)
+        source.train(False)
+        val_features, kept = source.val_features(n_val, device)
+        score = validation_score(decoder, val_features, [val_refs[i] for i in kept], vocab, cfg)
         record = {"epoch": epoch, "train_loss": total / max(count, 1), f"val_{cfg.val_metric}": score,
                   "epoch_seconds": time.time() - t0, "train_seconds": train_time}
         history.append(record)
@@ -139,8 +191,8 @@ def train(train_rows: pd.DataFrame, train_features: torch.Tensor, val_rows: pd.D
             best, best_epoch = score, epoch
             save_checkpoint(
                 out_path, decoder_state={k: v.cpu() for k, v in decoder.state_dict().items()},
-                decoder=decoder.describe(), vocab=vocab.to_list(), encoder=encoder_info,
-                config=asdict(cfg), extra={"epoch": epoch, f"val_{cfg.val_metric}": score})
+                decoder=decoder.describe(), vocab=vocab.to_list(), config=asdict(cfg),
+                extra={"epoch": epoch, f"val_{cfg.val_metric}": score}, **source.checkpoint_parts())
         elif epoch - best_epoch >= cfg.patience:
             logger.info("early stop: no better val %s for %d epochs", cfg.val_metric, cfg.patience)
             break

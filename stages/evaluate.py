@@ -21,7 +21,8 @@ def main() -> None:
     manifest, root = read_manifest(args.manifest)
     captioner = Captioner.from_checkpoint(args.model, beam_size=cfg.beam_size, max_len=cfg.max_len,
                                           length_penalty=cfg.length_penalty)
-    metrics, per_image, info = evaluate(captioner, manifest, load_features(args.features), cfg)
+    # A fine-tuned checkpoint's features are not in the cache: evaluate encodes the images under root.
+    metrics, per_image, info = evaluate(captioner, manifest, load_features(args.features), cfg, image_root=root)
     write_json(args.metrics, metrics)
     write_json(args.info, info)
     args.captions.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from dvclive import Live
 from pipeline.config import load_section
 from pipeline.encoders import EncoderConfig
 from pipeline.features import load_features
+from pipeline.finetune import finetune
 from pipeline.manifest import read_manifest
 from pipeline.train import TrainConfig, train
 from pipeline.vocab import Vocab
@@ -24,22 +25,26 @@ def main() -> None:
     p.add_argument("--live", type=Path, default=Path("dvclive"))
     args = p.parse_args()
     cfg = load_section(args.params, "train", TrainConfig)
-    load_section(args.params, "encoder", EncoderConfig)  # validate: the checkpoint records it
+    encoder_cfg = load_section(args.params, "encoder", EncoderConfig)  # the checkpoint records it
     manifest, root = read_manifest(args.manifest)
     table = load_features(args.features)
     have = set(table.ids)
     manifest = manifest[manifest.image_id.isin(have)]  # images the encoder could not read are skipped
     rows = {s: manifest[manifest.split == s].reset_index(drop=True) for s in ("train", "val")}
-    feats = {s: torch.from_numpy(table.lookup(list(r.image_id))) for s, r in rows.items()}
-    encoder_info = {k: table.meta[k] for k in ("name", "weights", "fingerprint", "preprocess", "feature_dim")}
+    vocab = Vocab.load(args.vocab)
     with Live(str(args.live), save_dvc_exp=False, dvcyaml=None) as live:
         def log(record: dict) -> None:
             for key, value in record.items():
                 if key != "epoch":
                     live.log_metric(key, value)
             live.next_step()
-        summary = train(rows["train"], feats["train"], rows["val"], feats["val"], Vocab.load(args.vocab),
-                        cfg, args.out, encoder_info, log_metric=log)
+        if cfg.finetune:  # images through the encoder being trained; the cache only lists readable images
+            summary = finetune(rows["train"], rows["val"], root, vocab, cfg, encoder_cfg, args.out, log_metric=log)
+        else:
+            feats = {s: torch.from_numpy(table.lookup(list(r.image_id))) for s, r in rows.items()}
+            encoder_info = {k: table.meta[k] for k in ("name", "weights", "fingerprint", "preprocess", "feature_dim")}
+            summary = train(rows["train"], feats["train"], rows["val"], feats["val"], vocab,
+                            cfg, args.out, encoder_info, log_metric=log)
         live.summary.update({k: v for k, v in summary.items() if k != "history"})
 
 
