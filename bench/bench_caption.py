@@ -71,10 +71,10 @@ def make_bench_checkpoint(path: Path, vocab_size: int) -> Path:
 @torch.inference_mode()
 def encoder_only(captioner: Captioner, paths: list[Path], batch_size: int) -> float:
     tensors = torch.stack([load_image_tensor(p, captioner.preprocess)[0] for p in paths])
-    captioner.encoder(tensors[:batch_size])  # warm-up: allocator, kernels
+    captioner.encode(tensors[:batch_size])  # warm-up: allocator, kernels
     start = time.perf_counter()
     for lo in range(0, len(tensors), batch_size):
-        captioner.encoder(tensors[lo: lo + batch_size].to(captioner.device))
+        captioner.encode(tensors[lo: lo + batch_size])
     if captioner.device.type == "cuda":
         torch.cuda.synchronize()
     return len(tensors) / (time.perf_counter() - start)

@@ -52,7 +52,7 @@ def generate_photos(out_dir: Path, n: int, size: tuple[int, int] = (640, 480), s
 def bench(paths: list[Path], encoder_cfg: EncoderConfig, cfg: FeaturesConfig, work_dir: Path) -> dict[str, float]:
     device = resolve_device(cfg.device)
     amp = autocast_dtype(cfg.precision, device)
-    encoder = build_encoder(encoder_cfg).to(device)
+    encoder = build_encoder(encoder_cfg).optimize_for_inference().to(device)  # as extract_features does
     n = len(paths)
 
     start = time.perf_counter()

@@ -64,6 +64,7 @@ class Captioner:
         self.encoder = build_encoder(EncoderConfig(name=info["name"], weights=info["weights"]))
         if checkpoint.get("encoder_state"):
             self.encoder.load_state_dict(checkpoint["encoder_state"])
+        self.encoder.optimize_for_inference()  # as the features stage does: identical features
         # The preprocessing the features were made with is the contract; a mismatch would
         # silently give every image the same caption, so refuse instead.
         self.preprocess = Preprocess.from_dict(info["preprocess"])
@@ -86,7 +87,7 @@ class Captioner:
             self.decoder.load_state_dict(checkpoint["decoder_state"])
         except RuntimeError as err:
             raise CheckpointMismatchError(f"decoder weights do not fit the decoder description: {err}") from None
-        self.encoder.to(self.device).eval()
+        self.encoder.to(self.device, memory_format=torch.channels_last).eval()
         self.decoder.to(self.device).eval()
         self.beam_size, self.max_len, self.length_penalty = beam_size, max_len, length_penalty
         self.model_id = str(checkpoint.get("extra", {}).get("model_id") or f"{info['name']}-{model_digest(checkpoint)}")
@@ -102,7 +103,7 @@ class Captioner:
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True)
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 features = self.encoder(images)

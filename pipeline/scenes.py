@@ -35,12 +35,12 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 TEXTURES = ("solid", "gradient", "noise", "stripes")
 # Object radius as a fraction of the image side: clearly different, and three large
 # shapes still fit in one row at the default image size.
-RADIUS = {"small": 0.075, "large": 0.14}
+RADIUS = {"small": 0.10, "large": 0.17}
 
 
 @dataclass
 class SceneConfig:
-    n_images: int = 4000
+    n_images: int = 3000
     image_size: int = 160
     seed: int = 0
     max_objects: int = 3  # each image has 1..max_objects shapes (at most 3)
@@ -100,7 +100,7 @@ def _place(rng: np.random.Generator, n: int, side: int) -> tuple[list[str], str,
     """Non-overlapping centres in a row (axis "x") or a column (axis "y"), ordered along
     it. Neighbours are a full gap apart along the axis and nearly aligned across it, so
     "left of"/"above" is unambiguous to the eye as well as in the numbers."""
-    margin, gap, wobble = 0.04 * side, 0.06 * side, 0.04 * side
+    margin, gap, wobble = 0.03 * side, 0.05 * side, 0.04 * side
     while True:  # redraw sizes until they fit with some room to spare (all-small always does)
         sizes = [("small", "large")[int(rng.integers(2))] for _ in range(n)]
         radii = [RADIUS[s] * side for s in sizes]

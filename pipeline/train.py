@@ -30,8 +30,8 @@ class TrainConfig(DecoderConfig):
     lr: float = 2e-3
     weight_decay: float = 0.0
     batch_size: int = 128
-    epochs: int = 10
-    patience: int = 3  # epochs without a better validation score before stopping
+    epochs: int = 20
+    patience: int = 5  # epochs without a better validation score before stopping
     max_len: int = 22  # tokens incl. <start>/<end>; longer captions are truncated
     grad_clip: float = 5.0
     val_metric: str = "cider"  # free-running greedy score used for model selection: cider | bleu_4

@@ -151,3 +151,17 @@ def test_preprocess_round_trips_and_normalises():
     assert set(list_encoders()) >= {"efficientnet_lite0", "resnet50", "resnet50_coco", "inception_v3"}
     with pytest.raises(ValueError, match="interpolation"):
         Preprocess(224, 256, (0.5,) * 3, (0.5,) * 3, "nearest-ish")
+
+
+def test_optimize_for_inference_keeps_lite_features():
+    """Folding batch-norm into the convs must not change what the features stage stores."""
+    encoder = build_encoder(EncoderConfig("efficientnet_lite0", "pretrained"))
+    x = torch.randn(2, 3, 96, 96)
+    with torch.inference_mode():
+        before = encoder(x)
+        encoder.optimize_for_inference()
+        after = encoder(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.modules())
+    assert torch.allclose(before, after, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError):  # the block layout is gone: no fine-tuning of a folded encoder
+        encoder.unfreeze_last(1)
