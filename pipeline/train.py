@@ -135,6 +135,9 @@ def fit(source: FeatureSource, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
         cfg: TrainConfig, out_path: Path, log_metric: Callable[[dict], None] = lambda m: None) -> dict:
     """Train the decoder (and whatever `source` trains); keep the checkpoint of the epoch with
     the best free-running validation score."""
+    if len(train_rows) < 2 or len(val_rows) == 0:
+        raise ValueError(f"training needs >= 2 train and >= 1 validation images, the manifest has "
+                         f"{len(train_rows)} and {len(val_rows)}: raise data.val_fraction or add images")
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     pair_rows, tokens = caption_pairs(train_rows, vocab, cfg.max_len)

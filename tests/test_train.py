@@ -73,3 +73,12 @@ def test_length_bucketed_batches_cover_every_pair_once_and_group_lengths():
     assert sorted(torch.cat(batches).tolist()) == list(range(1000))
     spread = sum(int(lengths[b].max() - lengths[b].min()) for b in batches) / len(batches)
     assert spread < 3  # random batches of 10 would spread over ~14 lengths
+
+
+def test_training_without_validation_images_is_a_clear_error(tmp_path):
+    import pytest
+    rows, feats = synthetic(8, 0)
+    vocab = build_vocab([c for caps in rows.captions for c in caps], VocabConfig(min_freq=1))
+    with pytest.raises(ValueError, match="val_fraction"):
+        train(rows, feats, rows.iloc[:0], feats[:0], vocab, TrainConfig(epochs=1, device="cpu"),
+              tmp_path / "m.pt", {"name": "synthetic"})
