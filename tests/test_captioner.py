@@ -60,13 +60,7 @@ def make_image(path: Path, seed: int, size: tuple[int, int] = (48, 40), mode: st
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # Small tensors on 2 shared cores: one torch thread is far faster than two contending.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

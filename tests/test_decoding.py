@@ -33,13 +33,7 @@ def make_features(classes: torch.Tensor, generator: torch.Generator) -> torch.Te
     return features
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # Tiny matrices: one thread is faster than two fighting over 2 cores (restored after).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def project(tmp_path_factory, fast) -> Path:
     build_vocab(train_captions, VocabConfig(min_freq=1)).save(work / "vocab.json")
     items = [(i, safe_join(root, rel)) for i, rel in zip(manifest.image_id, manifest.path)]
     extract_features(items, EncoderConfig(**ENCODER), FeaturesConfig(batch_size=16, num_workers=0, device="cpu"),
-                     work / "features.parquet", work / "feature_errors.csv")
+                     work / "features.parquet", work / "feature_errors.json")
     return work
 
 
