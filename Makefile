@@ -8,9 +8,21 @@ PY := $(VENV)/bin/python
 # on our machines); installed before the project so nothing resolves an unpinned torch.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup repro test bench clean-venv
+# System packages the metrics need: Java for pycocoevalcap's PTB tokenizer and METEOR 1.5,
+# WordNet for the pure-Python METEOR fallback (nltk.download() cannot work offline).
+APT_PACKAGES := default-jre-headless wordnet-base wordnet-sense-index
 
-setup: $(VENV)/.installed
+.PHONY: setup system-deps repro test clean-venv
+
+setup: system-deps $(VENV)/.installed
+
+system-deps:
+	@if command -v java >/dev/null 2>&1 && [ -f /usr/share/wordnet/index.sense ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
+	else \
+		echo "warning: Java and/or WordNet missing; install: $(APT_PACKAGES)" >&2; \
+	fi
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
