@@ -61,7 +61,8 @@ class Captioner:
         self.vocab = Vocab.from_list(checkpoint["vocab"])
         info = checkpoint["encoder"]
         self.encoder_info = info
-        self.encoder = build_encoder(EncoderConfig(name=info["name"], weights=info["weights"]))
+        self.encoder = build_encoder(EncoderConfig(name=info["name"], weights=info["weights"],
+                                                   image_size=int(info["preprocess"]["size"])))
         if checkpoint.get("encoder_state"):
             self.encoder.load_state_dict(checkpoint["encoder_state"])
         self.encoder.optimize_for_inference()  # as the features stage does: identical features

@@ -17,7 +17,7 @@ import os
 import socket
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
@@ -45,6 +45,13 @@ class EncoderWeightsError(RuntimeError):
 class EncoderConfig:
     name: str = "efficientnet_lite0"
     weights: str = "pretrained"  # pretrained | none (random init, seed 0) | path to a state-dict file
+    # Input side in pixels; 0 = the encoder's native size. Smaller runs faster (compute grows with
+    # the square): worth it when the images themselves are small (the default scenes are 160 px).
+    image_size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.image_size != 0 and self.image_size < 64:
+            raise ValueError(f"encoder.image_size must be 0 (native) or >= 64 pixels, got {self.image_size}")
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,12 @@ class Preprocess:
             raise ValueError(f"interpolation {self.interpolation!r}: use one of {sorted(_INTERPOLATIONS)}")
         if self.resize < self.size:
             raise ValueError(f"resize ({self.resize}) must be >= the crop size ({self.size})")
+
+    def resized(self, size: int) -> "Preprocess":
+        """The same preprocessing at another input size, keeping the crop fraction."""
+        if size in (0, self.size):
+            return self
+        return replace(self, size=size, resize=max(size, round(size * self.resize / self.size)))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -294,16 +307,17 @@ class Encoder(nn.Module):
 
 def build_encoder(cfg: EncoderConfig) -> Encoder:
     entry = _entry(cfg.name)
+    preprocess = entry.preprocess.resized(cfg.image_size)
     if cfg.weights == "none":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # the same network every run, so its features cache stays valid
             trunk, blocks = entry.make_trunk()
         weights_id = f"random-init(seed=0,torch={torch.__version__},torchvision={torchvision.__version__})"
-        return Encoder(cfg.name, trunk, blocks, entry.feature_dim, entry.preprocess, cfg.weights, weights_id)
+        return Encoder(cfg.name, trunk, blocks, entry.feature_dim, preprocess, cfg.weights, weights_id)
     path, weights_id = _weights_file(cfg, entry)
     with torch.device("meta"):  # skip a random init that the weights replace anyway (seconds for Inception)
         trunk, blocks = entry.make_trunk()
-    encoder = Encoder(cfg.name, trunk, blocks, entry.feature_dim, entry.preprocess, cfg.weights, weights_id)
+    encoder = Encoder(cfg.name, trunk, blocks, entry.feature_dim, preprocess, cfg.weights, weights_id)
     encoder.load_weights(_read_state_dict(path), str(path), entry.dropped, entry.source_prefix, assign=True)
     encoder.float()  # assign keeps the file's dtype; features are computed in float32
     logger.info("encoder %s: weights %s (%s)", cfg.name, path, weights_id)

@@ -13,7 +13,7 @@ class DecoderConfig:
     embed_size: int = 256
     hidden_size: int = 256
     num_layers: int = 1
-    dropout: float = 0.5
+    dropout: float = 0.3
 
 
 class CaptionDecoder(nn.Module):

@@ -40,7 +40,7 @@ RADIUS = {"small": 0.10, "large": 0.17}
 
 @dataclass
 class SceneConfig:
-    n_images: int = 3000
+    n_images: int = 6000
     image_size: int = 160
     seed: int = 0
     max_objects: int = 3  # each image has 1..max_objects shapes (at most 3)

@@ -20,11 +20,11 @@ from pipeline.vocab import Vocab
 WORDS = ["a", "red", "blue", "circle", "square", "on", "the", "left", "right"]
 
 
-def make_checkpoint(path: Path, seed: int = 0, vocab_size: int | None = None) -> Path:
+def make_checkpoint(path: Path, seed: int = 0, vocab_size: int | None = None, image_size: int = 0) -> Path:
     """A checkpoint in the train stage's format. Random weights, but calibrated so that captions
     are a few real words that differ between images: the image BatchNorm standardises the
     (nearly identical) random-encoder features of a few images, special tokens are unlikely."""
-    encoder = build_encoder(EncoderConfig("efficientnet_lite0", "none"))
+    encoder = build_encoder(EncoderConfig("efficientnet_lite0", "none", image_size=image_size))
     vocab = Vocab(WORDS)
     torch.manual_seed(seed)
     decoder = CaptionDecoder(encoder.feature_dim, len(vocab), DecoderConfig(embed_size=8, hidden_size=16, dropout=0.0))
@@ -133,3 +133,13 @@ def test_model_id_follows_the_weights_not_the_file_name(tmp_path):
     os.link(a, tmp_path / "a_copy.pt")
     ids = [Captioner(load_checkpoint(p)).model_id for p in (a, tmp_path / "a_copy.pt", b)]
     assert ids[0] == ids[1] != ids[2]
+
+
+def test_captioner_encodes_at_the_checkpoints_image_size(tmp_path):
+    """A model trained on features at a non-native input size must caption at that size."""
+    captioner = Captioner.from_checkpoint(make_checkpoint(tmp_path / "m.pt", image_size=96))
+    assert captioner.preprocess.size == captioner.encoder.preprocess.size == 96
+    image = make_image(tmp_path / "x.png", seed=1)
+    tensor, _ = load_image_tensor(image, captioner.preprocess)
+    assert tensor.shape == (3, 96, 96)
+    assert captioner.generate_caption(image) == captioner.caption_batch([image])[0].caption

@@ -165,3 +165,18 @@ def test_optimize_for_inference_keeps_lite_features():
     assert torch.allclose(before, after, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError):  # the block layout is gone: no fine-tuning of a folded encoder
         encoder.unfreeze_last(1)
+
+
+def test_image_size_rescales_preprocessing_and_changes_the_cache_key():
+    native = build_encoder(EncoderConfig("efficientnet_lite0", "none"))
+    small = build_encoder(EncoderConfig("efficientnet_lite0", "none", image_size=160))
+    assert (small.preprocess.size, small.preprocess.resize) == (160, 183)  # crop fraction 0.875 kept
+    assert small.preprocess.mean == native.preprocess.mean
+    assert small.fingerprint != native.fingerprint  # features at another size are other features
+    assert build_encoder(EncoderConfig("efficientnet_lite0", "none", image_size=224)).fingerprint == native.fingerprint
+    x = small.preprocess(Image.new("RGB", (200, 120), (10, 20, 30))).unsqueeze(0)
+    assert x.shape == (1, 3, 160, 160)
+    with torch.inference_mode():
+        assert small(x).shape == (1, 1280)
+    with pytest.raises(ValueError, match="image_size"):
+        EncoderConfig("efficientnet_lite0", "none", image_size=32)
