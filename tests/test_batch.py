@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.batch import (SCHEMA, CaptionConfig, CaptionUsageError, caption_directory, list_images,
-                            parts_dir_for)
+from pipeline.batch import CaptionConfig, CaptionUsageError, caption_directory, list_images
+from pipeline.caption_store import SCHEMA, parts_dir_for
 from pipeline.captioner import Captioner
 from test_captioner import make_checkpoint, make_image
 

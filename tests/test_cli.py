@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pipeline.batch import parts_dir_for
+from pipeline.caption_store import parts_dir_for
 from pipeline.captioner import Captioner
 from pipeline.cli import EXIT_SOME_FAILED, EXIT_USAGE, app
 from test_captioner import make_checkpoint, make_image

@@ -10,7 +10,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from pipeline import encoders
+from pipeline import encoder_weights
 from pipeline.encoders import (EncoderConfig, EncoderWeightsError, Preprocess, build_classifier,
                                build_encoder, list_encoders)
 
@@ -103,7 +103,7 @@ def test_pretrained_without_cached_file_fails_fast_naming_the_file(tmp_path, mon
     old_hub = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path / "hub"))
     # Offline on purpose, also on a machine with network: the test must not download 100 MB.
-    monkeypatch.setattr(encoders, "_can_reach", lambda url, timeout=2.0: False)
+    monkeypatch.setattr(encoder_weights, "can_reach", lambda url, timeout=2.0: False)
     try:
         start = time.perf_counter()
         with pytest.raises(EncoderWeightsError) as err:
@@ -119,7 +119,7 @@ def test_pretrained_without_cached_file_fails_fast_naming_the_file(tmp_path, mon
 
 def test_network_probe_gives_up_quickly():
     start = time.perf_counter()
-    assert encoders._can_reach("https://no-such-host.invalid/x.pth", timeout=1.0) is False  # RFC 2606
+    assert encoder_weights.can_reach("https://no-such-host.invalid/x.pth", timeout=1.0) is False  # RFC 2606
     assert time.perf_counter() - start < 3
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import nltk
 import pytest
 
-from pipeline import metrics
+from pipeline import metrics, wordnet
 
 # A realistic example: several references per image, capitals, punctuation and clitics, so
 # the tokenizer matters. Both backends must tokenize it identically.
@@ -159,20 +159,20 @@ def test_missing_wordnet_reports_meteor_as_skipped(monkeypatch):
 
 def test_load_wordnet_none_when_nothing_installed(monkeypatch, tmp_path):
     monkeypatch.setattr(nltk.data, "path", [])
-    assert metrics.load_wordnet(search_dirs=(str(tmp_path),), cache_dir=tmp_path) is None
+    assert wordnet.load_wordnet(search_dirs=(str(tmp_path),), cache_dir=tmp_path) is None
 
 
 def test_load_wordnet_lays_out_system_dict_for_nltk(monkeypatch, tmp_path):
     system_dict = Path("/usr/share/wordnet")  # where Debian's wordnet-base puts it
     if not (system_dict / "data.noun").is_file():
-        pytest.fail(f"install WordNet: apt-get install -y {' '.join(metrics.WORDNET_APT_PACKAGES)}")
+        pytest.fail(f"install WordNet: apt-get install -y {' '.join(wordnet.WORDNET_APT_PACKAGES)}")
     monkeypatch.setattr(nltk.data, "path", [])
-    assert metrics.load_wordnet(search_dirs=(str(system_dict),), cache_dir=tmp_path) is not None
+    assert wordnet.load_wordnet(search_dirs=(str(system_dict),), cache_dir=tmp_path) is not None
     root = tmp_path / "nltk_data" / "corpora" / "wordnet"
     lexnames = (root / "lexnames").read_text().splitlines()
     assert len(lexnames) == 45 and lexnames[0] == "00\tadj.all\t3" and lexnames[44] == "44\tadj.ppl\t3"
     assert lexnames[5] == "05\tnoun.animal\t1"
-    for name in metrics._WORDNET_FILES:  # regular files: nltk refuses symlinks and hard links
+    for name in wordnet._WORDNET_FILES:  # regular files: nltk refuses symlinks and hard links
         assert not (root / name).is_symlink() and (root / name).stat().st_nlink == 1
     assert str(tmp_path / "nltk_data") in nltk.data.path
 
