@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 from pipeline.batch import DEFAULT_PATTERNS, CaptionConfig, CaptionUsageError, caption_directory
 from pipeline.captioner import CheckpointMismatchError
 from pipeline.config import ParamsError
-from pipeline.encoders import EncoderWeightsError
+from pipeline.encoder_weights import EncoderWeightsError
 from pipeline.runtime import resolve_device
 
 EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130

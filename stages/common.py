@@ -9,7 +9,7 @@ import sys
 from typing import Callable
 
 from pipeline.config import ParamsError
-from pipeline.encoders import EncoderWeightsError
+from pipeline.encoder_weights import EncoderWeightsError
 
 
 def parser(description: str) -> argparse.ArgumentParser:
