@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 repro: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" dvc repro
-	PATH="$(abspath $(VENV))/bin:$$PATH" dvc metrics show
+	$(PY) -m pipeline.summary metrics/eval.json
 
 test: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q

@@ -5,10 +5,14 @@ Built for folders of millions of photos, some broken:
 - a file that cannot be decoded becomes an error row, never an exception;
 - rows go to small part files (atomic renames) in a hidden work dir beside OUT, so memory
   stays flat and a killed run loses at most one part's worth of work;
-- a rerun skips files whose (path, sha256 of bytes, model) already has an ok row, in OUT or
-  in the parts a killed run left; error rows are always retried;
+- each row names what made it: model_id and `settings` (decoding settings, precision); a rerun
+  reuses an ok row (in OUT or in the parts a killed run left) only when path, sha256 of the
+  bytes, model_id and settings all match, and captions every other file again; error rows
+  are always retried;
 - at the end, OUT, old parts and new parts are merged (last row per path wins, paths no
-  longer listed are dropped) into a temp file that atomically replaces OUT.
+  longer listed are dropped) into a temp file that atomically replaces OUT. A directory that
+  could not be listed is not taken as "its files are gone": the rows under it are kept unless
+  the file is provably absent, and the summary says the listing was incomplete.
 """
 from __future__ import annotations
 
@@ -24,9 +28,9 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.caption_store import (CaptionUsageError, Key, PartWriter, lock_parts_dir, merge_rows,
-                                    part_files, parts_dir_for, previously_captioned, replace_atomically,
-                                    row_sources)
+from pipeline.caption_store import (CaptionUsageError, Key, PartWriter, Previous, lock_parts_dir, merge_rows,
+                                    part_files, parts_dir_for, previous_rows, replace_atomically,
+                                    row_sources, settings_json, unlisted_keeper)
 from pipeline.captioner import Captioner
 from pipeline.hashing import file_sha256
 from pipeline.images import ImageBatch, ImageDataset, collate_images
@@ -34,6 +38,11 @@ from pipeline.images import ImageBatch, ImageDataset, collate_images
 logger = logging.getLogger(__name__)
 
 DEFAULT_PATTERNS = ("*.jpg", "*.jpeg", "*.png", "*.bmp", "*.gif", "*.webp", "*.tif", "*.tiff")
+# Exit status of caption-batch and of the caption stage when some directory could not be listed
+# (OUT is still written, keeping the earlier rows under it): rerun once it is readable.
+EXIT_LISTING_INCOMPLETE = 4
+# Why each listed file was reused or captioned again; the summary counts each.
+REASONS = ("reused", "new", "recaptioned_settings", "recaptioned_content", "retried")
 
 
 @dataclass
@@ -81,10 +90,12 @@ def relative_key(rel: str) -> tuple[str, bool]:
 
 
 def list_images(root: Path, patterns: Sequence[str], recursive: bool = True,
-                exclude: Sequence[Path] = ()) -> Iterator[ImageFile]:
+                exclude: Sequence[Path] = (), unlisted: dict[str, str] | None = None) -> Iterator[ImageFile]:
     """Files under `root` whose name matches a pattern (case-insensitive), in a stable order.
     Symlinked directories are not followed (no cycles); broken symlinks and special files
-    are listed so that they get an error row instead of vanishing silently."""
+    are listed so that they get an error row instead of vanishing silently. A directory that
+    cannot be listed is logged and, when `unlisted` is given, recorded there as
+    {path on disk: key prefix of the rows under it}."""
     lowered = [p.lower() for p in patterns]
     skip = {os.path.abspath(p) for p in exclude}
     stack: list[tuple[str, str]] = [(str(root), "")]
@@ -95,6 +106,8 @@ def list_images(root: Path, patterns: Sequence[str], recursive: bool = True,
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as err:
             logger.warning("cannot list %s (%s): its images are skipped", directory, err.strerror or err)
+            if unlisted is not None:
+                unlisted[directory] = relative_key(prefix)[0]
             continue
         subdirs = []
         for entry in entries:
@@ -138,50 +151,67 @@ def sha256_file(path: Path) -> str | None:
 
 
 class _CaptionDataset(ImageDataset):
-    """ImageDataset that also hashes each file and does not decode files already captioned.
-    Items: (index, tensor | None, error | None, size | None, sha256 | None, skipped)."""
+    """ImageDataset that also hashes each file and does not decode files whose row is reused.
+    Items: (index, tensor | None, error | None, size | None, sha256 | None, reason)."""
 
-    def __init__(self, files: Sequence[ImageFile], preprocess, done: dict[Key, str]):
+    def __init__(self, files: Sequence[ImageFile], preprocess, previous: dict[Key, Previous]):
         super().__init__([f.path for f in files], preprocess)
-        self.files, self.done = files, done
+        self.files, self.previous = files, previous
+
+    def _reason(self, key: Key, digest: str | None) -> str:
+        prev = self.previous.get(key)
+        if prev is None:
+            return "new"
+        if prev.content_hash is None:
+            return "retried"  # its latest row is an error
+        if digest != prev.content_hash:
+            return "recaptioned_content"
+        return "reused" if prev.same_identity else "recaptioned_settings"
 
     def __getitem__(self, index: int):
         file = self.files[index]
+        key = (file.key, file.escaped)
         if file.problem:
-            return index, None, file.problem, None, None, False
+            return index, None, file.problem, None, None, self._reason(key, None)
         digest = sha256_file(file.path)
-        if digest is not None and self.done.get((file.key, file.escaped)) == digest:
-            return index, None, None, None, digest, True
-        return (*super().__getitem__(index), digest, False)
+        reason = self._reason(key, digest)
+        if reason == "reused":
+            return index, None, None, None, digest, reason
+        return (*super().__getitem__(index), digest, reason)
 
 
 @dataclass
 class _Batch:
     images: ImageBatch  # the files that were decoded or failed
     hashes: dict[int, str | None]
-    skipped: list[int]
+    reasons: dict[int, str]
 
 
 def _collate(items: list[tuple]) -> _Batch:
-    return _Batch(collate_images([item[:4] for item in items if not item[5]]),
-                  {item[0]: item[4] for item in items}, [item[0] for item in items if item[5]])
+    return _Batch(collate_images([item[:4] for item in items if item[5] != "reused"]),
+                  {item[0]: item[4] for item in items}, {item[0]: item[5] for item in items})
 
 
 # --- the run -----------------------------------------------------------------------------------
 
-def _row(file: ImageFile, model_id: str, digest: str | None, *, caption: str | None = None,
+def _row(file: ImageFile, identity: tuple[str, str], digest: str | None, *, caption: str | None = None,
          confidence: float | None = None, error: str | None = None,
          size: tuple[int, int] | None = None) -> dict:
+    """identity: (model_id, settings JSON) of this run."""
     return {"path": file.key, "path_escaped": file.escaped, "caption": caption, "mean_logprob": confidence,
             "status": "error" if error else "ok", "error": error, "width": size[0] if size else None,
-            "height": size[1] if size else None, "content_hash": digest, "model_id": model_id}
+            "height": size[1] if size else None, "content_hash": digest, "model_id": identity[0],
+            "settings": identity[1]}
 
 
 def caption_directory(images_dir: str | Path, out_path: str | Path, checkpoint_path: str | Path,
-                      cfg: CaptionConfig, progress: Callable[[int, int], None] | None = None) -> dict:
+                      cfg: CaptionConfig, progress: Callable[[int, int], None] | None = None,
+                      allow_encoder_mismatch: bool = False) -> dict:
     """Caption the images under `images_dir` into the Parquet file `out_path` (resuming when it
     or a killed run's parts exist). progress(done, total) is called after every batch.
-    Returns a summary: counts (listed, captioned, skipped, failed, rows), seconds, images/s."""
+    Returns a summary: listed; why files were reused or captioned again (REASONS); captioned
+    (ok captions made), errors (error rows made), failed (error rows in OUT), rows,
+    kept_unlisted; listing_incomplete and unlisted_dirs; model_id, settings, seconds, images/s."""
     images_dir, out = Path(images_dir), Path(out_path)
     if not images_dir.is_dir():
         raise CaptionUsageError(f"{images_dir}: no such directory; pass the folder of images to caption")
@@ -194,17 +224,24 @@ def caption_directory(images_dir: str | Path, out_path: str | Path, checkpoint_p
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         captioner = Captioner.from_checkpoint(checkpoint_path, device=cfg.device, beam_size=cfg.beam_size,
-                                              max_len=cfg.max_len, length_penalty=cfg.length_penalty)
-        files = list(list_images(images_dir, cfg.patterns, cfg.recursive, exclude=[out, parts_dir]))
+                                              max_len=cfg.max_len, length_penalty=cfg.length_penalty,
+                                              allow_encoder_mismatch=allow_encoder_mismatch)
+        identity = (captioner.model_id, settings_json(captioner.settings))
+        unlisted: dict[str, str] = {}
+        files = list(list_images(images_dir, cfg.patterns, cfg.recursive, exclude=[out, parts_dir],
+                                 unlisted=unlisted))
         if not files:
             logger.warning("no file under %s matches %s", images_dir, " ".join(cfg.patterns))
         parts = part_files(parts_dir)
-        done = previously_captioned(row_sources(out, parts), captioner.model_id)
+        previous = previous_rows(row_sources(out, parts), *identity)
         next_seq = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
-        stats = _caption_files(files, captioner, cfg, done, PartWriter(parts_dir, next_seq, cfg.part_size),
-                               progress)
+        stats = _caption_files(files, captioner, identity, cfg, previous,
+                               PartWriter(parts_dir, next_seq, cfg.part_size), progress)
+        del previous
         tmp = parts_dir / "merged.parquet.tmp"
-        counts = merge_rows(row_sources(out, part_files(parts_dir)), {(f.key, f.escaped) for f in files}, tmp)
+        keep = unlisted_keeper(images_dir, list(unlisted.values())) if unlisted else None
+        counts = merge_rows(row_sources(out, part_files(parts_dir)), {(f.key, f.escaped) for f in files}, tmp,
+                            keep)
         replace_atomically(tmp, out)
         finished = True
     finally:
@@ -213,34 +250,44 @@ def caption_directory(images_dir: str | Path, out_path: str | Path, checkpoint_p
         lock.close()
     seconds = time.time() - started
     summary = {"listed": len(files), **stats, "rows": counts["ok"] + counts["error"],
-               "failed": counts["error"], "seconds": round(seconds, 3), "out": str(out),
-               "model_id": captioner.model_id,
+               "failed": counts["error"], "kept_unlisted": counts["kept_unlisted"],
+               "listing_incomplete": bool(unlisted), "unlisted_dirs": list(unlisted),
+               "seconds": round(seconds, 3), "out": str(out), "model_id": captioner.model_id,
+               "settings": captioner.settings,
                "images_per_second": round(stats["captioned"] / max(stats["caption_seconds"], 1e-9), 2)}
-    logger.info("caption-batch: %d listed, %d captioned, %d skipped (already captioned), %d failed "
-                "-> %s (%.1fs, %.1f images/s)", summary["listed"], summary["captioned"], summary["skipped"],
-                summary["failed"], out, seconds, summary["images_per_second"])
+    logger.info("caption-batch: %d listed: %d reused, %d new, %d re-captioned (model or settings changed), "
+                "%d re-captioned (file changed), %d retried (error before); %d captioned, %d failed "
+                "-> %s (%.1fs, %.1f images/s)", summary["listed"], *(summary[r] for r in REASONS),
+                summary["captioned"], summary["failed"], out, seconds, summary["images_per_second"])
+    if unlisted:
+        logger.error("caption-batch: listing incomplete, %d director%s could not be listed: %s; their "
+                     "earlier rows (%d) are kept; rerun once they are readable", len(unlisted),
+                     "y" if len(unlisted) == 1 else "ies", ", ".join(unlisted), counts["kept_unlisted"])
     return summary
 
 
-def _caption_files(files: list[ImageFile], captioner: Captioner, cfg: CaptionConfig, done: dict[Key, str],
-                   writer: PartWriter, progress: Callable[[int, int], None] | None) -> dict:
-    loader = DataLoader(_CaptionDataset(files, captioner.preprocess, done), batch_size=cfg.batch_size,
+def _caption_files(files: list[ImageFile], captioner: Captioner, identity: tuple[str, str], cfg: CaptionConfig,
+                   previous: dict[Key, Previous], writer: PartWriter,
+                   progress: Callable[[int, int], None] | None) -> dict:
+    loader = DataLoader(_CaptionDataset(files, captioner.preprocess, previous), batch_size=cfg.batch_size,
                         shuffle=False, num_workers=cfg.num_workers, collate_fn=_collate,
                         pin_memory=captioner.device.type == "cuda")
-    stats = {"captioned": 0, "skipped": 0}
+    stats = {"captioned": 0, "errors": 0, **{reason: 0 for reason in REASONS}}
     seen, started, last_log = 0, time.time(), time.time()
     try:
         for batch in loader:
             b = batch.images
             for index, error in b.failures:
-                writer.add(_row(files[index], captioner.model_id, batch.hashes[index], error=error))
+                writer.add(_row(files[index], identity, batch.hashes[index], error=error))
             if b.images is not None:
                 captions, confidence = captioner.caption_tensors(b.images)
                 for index, caption, conf, size in zip(b.indices, captions, confidence, b.sizes):
-                    writer.add(_row(files[index], captioner.model_id, batch.hashes[index],
+                    writer.add(_row(files[index], identity, batch.hashes[index],
                                     caption=caption, confidence=conf, size=size))
             stats["captioned"] += len(b.indices)
-            stats["skipped"] += len(batch.skipped)
+            stats["errors"] += len(b.failures)
+            for reason in batch.reasons.values():
+                stats[reason] += 1
             seen += len(batch.hashes)
             if progress:
                 progress(seen, len(files))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,17 @@ import torch
 from pipeline.checkpoint import load_checkpoint
 from pipeline.decoding import Decoded, decode
 from pipeline.encoders import EncoderConfig, Preprocess, build_encoder
+from pipeline.hashing import state_digest, update_with_state
 from pipeline.images import ImageLoadError, load_image_tensor, make_loader
-from pipeline.model import CaptionDecoder, DecoderConfig
+from pipeline.decoders import decoder_from_spec
+from pipeline.feature_maps import SpatialEncoder
 from pipeline.runtime import resolve_device
 from pipeline.vocab import Vocab
+
+logger = logging.getLogger(__name__)
+
+# Autocast dtype per precision name, as the features stage records it in the checkpoint.
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -43,17 +51,18 @@ def model_digest(checkpoint: dict) -> str:
     caption alike iff this matches, wherever the file lives. Keys caption-batch's resume."""
     digest = hashlib.sha256()
     for state in (checkpoint["decoder_state"], checkpoint.get("encoder_state") or {}):
-        for key in sorted(state):
-            digest.update(key.encode())
-            digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+        update_with_state(digest, state)
     info = {k: checkpoint["encoder"].get(k) for k in ("name", "weights", "fingerprint", "preprocess")}
     digest.update(json.dumps([checkpoint["vocab"], info, checkpoint["decoder"]], sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
 class Captioner:
+    """allow_encoder_mismatch: caption even when the rebuilt encoder is not the one the model was
+    trained with (its fingerprint differs); model_id then names the encoder actually used."""
+
     def __init__(self, checkpoint: dict, device: str = "cpu", beam_size: int = 3,
-                 max_len: int = 20, length_penalty: float = 0.7):
+                 max_len: int = 20, length_penalty: float = 0.7, allow_encoder_mismatch: bool = False):
         missing = [k for k in ("vocab", "encoder", "decoder", "decoder_state") if k not in checkpoint]
         if missing:
             raise CheckpointMismatchError(f"checkpoint lacks {missing}: not written by the train stage")
@@ -65,7 +74,6 @@ class Captioner:
                                                    image_size=int(info["preprocess"]["size"])))
         if checkpoint.get("encoder_state"):
             self.encoder.load_state_dict(checkpoint["encoder_state"])
-        self.encoder.optimize_for_inference()  # as the features stage does: identical features
         # The preprocessing the features were made with is the contract; a mismatch would
         # silently give every image the same caption, so refuse instead.
         self.preprocess = Preprocess.from_dict(info["preprocess"])
@@ -73,25 +81,101 @@ class Captioner:
             raise CheckpointMismatchError(
                 f"checkpoint preprocessing {info['preprocess']} differs from encoder {info['name']!r} "
                 f"preprocessing {self.encoder.preprocess.to_dict()}: retrain with the current encoder")
+        # Before folding BatchNorm: a fine-tuned fingerprint hashes the weights as trained.
+        self.encoder_fingerprint = self._verify_encoder(checkpoint, allow_encoder_mismatch)
+        self.encoder.optimize_for_inference()  # as the features stage does: identical features
+        self.precision = self._precision(info.get("precision"))
         spec = checkpoint["decoder"]
         if spec["vocab_size"] != len(self.vocab):
             raise CheckpointMismatchError(
                 f"decoder expects {spec['vocab_size']} words, the checkpoint's vocabulary has {len(self.vocab)}: "
                 f"the checkpoint is inconsistent, retrain it (dvc repro train)")
-        if spec["feature_dim"] != self.encoder.feature_dim:
+        self.decoder = self._build_decoder(spec, checkpoint["decoder_state"])
+        self.spatial = bool(self.decoder.spatial)
+        level = info.get("spatial") or "none"
+        if self.spatial and level == "none":
+            raise CheckpointMismatchError(f"decoder {spec.get('decoder')!r} reads spatial maps but the checkpoint "
+                                          f"records none (encoder.spatial): retrain it (dvc repro train)")
+        self.encoder.to(self.device, memory_format=torch.channels_last)
+        # One encoder pass gives what the decoder reads: the pooled vector or the spatial map the
+        # features stage stored (same layer, same pooling), so image and cache captions agree.
+        self.feature_maps = SpatialEncoder(self.encoder, level if self.spatial else "none")
+        built = tuple(self.feature_maps.spatial_shape() or [self.encoder.feature_dim]) if self.spatial \
+            else (self.encoder.feature_dim,)
+        if built != tuple(self.decoder.feature_shape):
             raise CheckpointMismatchError(
-                f"decoder expects {spec['feature_dim']}-d features, encoder {info['name']!r} gives "
-                f"{self.encoder.feature_dim}: retrain the decoder on this encoder's features")
-        cfg = DecoderConfig(**{k: spec[k] for k in ("embed_size", "hidden_size", "num_layers", "dropout")})
-        self.decoder = CaptionDecoder(spec["feature_dim"], spec["vocab_size"], cfg)
-        try:
-            self.decoder.load_state_dict(checkpoint["decoder_state"])
-        except RuntimeError as err:
-            raise CheckpointMismatchError(f"decoder weights do not fit the decoder description: {err}") from None
+                f"decoder expects features of shape {tuple(self.decoder.feature_shape)}, encoder {info['name']!r} "
+                f"gives {built} (features.spatial {level!r}): retrain the decoder on this encoder's features")
         self.encoder.to(self.device, memory_format=torch.channels_last).eval()
         self.decoder.to(self.device).eval()
         self.beam_size, self.max_len, self.length_penalty = beam_size, max_len, length_penalty
-        self.model_id = str(checkpoint.get("extra", {}).get("model_id") or f"{info['name']}-{model_digest(checkpoint)}")
+        model_id = str(checkpoint.get("extra", {}).get("model_id") or f"{info['name']}-{model_digest(checkpoint)}")
+        if info.get("fingerprint") and self.encoder_fingerprint != info["fingerprint"]:
+            model_id += f"+encoder-{self.encoder_fingerprint}"  # overridden: never the trained model's id
+        self.model_id = model_id
+
+    @staticmethod
+    def _build_decoder(spec: dict, state: dict) -> torch.nn.Module:
+        try:
+            decoder = decoder_from_spec(spec)
+        except (KeyError, TypeError) as err:
+            raise CheckpointMismatchError(f"the checkpoint's decoder description is incomplete ({err}): "
+                                          f"retrain it (dvc repro train)") from None
+        except ValueError as err:  # unknown decoder name: the message names train.decoder
+            raise CheckpointMismatchError(str(err)) from None
+        try:
+            decoder.load_state_dict(state)
+        except RuntimeError as err:
+            raise CheckpointMismatchError(f"decoder weights do not fit the decoder description: {err}") from None
+        return decoder
+
+    def _verify_encoder(self, checkpoint: dict, allow_mismatch: bool) -> str:
+        """The fingerprint of the encoder that will run: the recorded one when the rebuilt encoder
+        matches it, else (only with allow_mismatch) the actual one."""
+        recorded, built = checkpoint["encoder"].get("fingerprint"), self.encoder.fingerprint
+        if not recorded:
+            logger.warning("checkpoint records no encoder fingerprint: cannot verify encoder %s", built)
+            return built
+        actual, same = built, built == recorded
+        _, sep, digest = recorded.rpartition("+finetuned-")
+        finetuned = bool(checkpoint.get("encoder_state") and sep and digest)
+        if finetuned:
+            # Every encoder weight comes from the checkpoint, so the base weights the encoder was
+            # rebuilt from never reach the features: only the fine-tuned weights must match.
+            actual = f"{built}+finetuned-{state_digest(self.encoder.encoder_state_dict(), len(digest))}"
+            same = actual.endswith(sep + digest)
+        if same:
+            return recorded
+        cause = ("the checkpoint's fine-tuned encoder weights were altered" if finetuned else
+                 "the checkpoint lacks its fine-tuned encoder weights" if sep else
+                 "its weights file or weights package changed since training")
+        problem = (f"the encoder rebuilt for this checkpoint has fingerprint {actual}, but the model was "
+                   f"trained with {recorded} ({cause})")
+        if not allow_mismatch:
+            raise CheckpointMismatchError(
+                f"{problem}. Restore the encoder weights the model was trained with, or retrain it "
+                f"(dvc repro), or caption with this encoder anyway: Captioner(..., allow_encoder_mismatch=True) "
+                f"or caption-batch --allow-encoder-mismatch (model_id then names this encoder)")
+        logger.warning("%s; captioning anyway (allow_encoder_mismatch)", problem)
+        return actual
+
+    def _precision(self, recorded: str | None) -> str:
+        """Encode as the features the decoder trained on were encoded. Checkpoints from before
+        the features stage recorded its precision get the old rule: bf16 on CUDA, fp32 else."""
+        if recorded is None:
+            return "bf16" if self.device.type == "cuda" else "fp32"
+        if recorded not in _AUTOCAST:
+            raise CheckpointMismatchError(f"checkpoint encoder precision {recorded!r} is not one of "
+                                          f"{', '.join(_AUTOCAST)}: the checkpoint is damaged, retrain it")
+        return recorded
+
+    @property
+    def settings(self) -> dict:
+        """Everything besides the model that decides a caption (caption-batch stores it in each
+        row and resumes only rows made with equal settings). A language joins here when
+        decoding gains one."""
+        return {"beam_size": int(self.beam_size), "max_len": int(self.max_len),
+                "length_penalty": float(self.length_penalty), "precision": self.precision}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", **kwargs) -> "Captioner":
@@ -105,19 +189,19 @@ class Captioner:
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        if self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                features = self.encoder(images)
-        else:
-            features = self.encoder(images)
+        dtype = _AUTOCAST[self.precision]
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            pooled, spatial = self.feature_maps(images)
+        features = spatial if self.spatial else pooled
         # Training saw features rounded to float16 in the cache; round the same way here so
         # captions from images equal captions from the cache.
         return features.half().float()
 
     def decode_features(self, features: torch.Tensor, beam_size: int | None = None) -> Decoded:
         beam = self.beam_size if beam_size is None else beam_size
+        banned = (self.vocab.pad_id, self.vocab.start_id, self.vocab.unk_id)  # never shown to a user
         return decode(self.decoder, features.to(self.device), self.vocab.start_id, self.vocab.end_id,
-                      self.max_len, beam, self.length_penalty)
+                      self.max_len, beam, self.length_penalty, banned_ids=banned)
 
     def caption_tensors(self, images: torch.Tensor, beam_size: int | None = None) -> tuple[list[str], list[float]]:
         """Preprocessed images (N, C, H, W) -> captions and their mean token log-probabilities."""

@@ -1,7 +1,9 @@
 """`caption-batch IMAGES OUT.parquet`: caption a whole directory with the trained model.
 
 Exit codes: 0 every file captioned; 3 some files failed (their rows are in OUT with
-status "error"); 2 usage error (missing directory, no model, model/vocab mismatch...).
+status "error"); 4 some directory could not be listed (OUT is written and keeps the earlier
+rows under it; rerun once it is readable); 2 usage error (missing directory, no model,
+model/vocab or encoder mismatch...).
 """
 from __future__ import annotations
 
@@ -15,13 +17,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-from pipeline.batch import DEFAULT_PATTERNS, CaptionConfig, CaptionUsageError, caption_directory
+from pipeline.batch import (DEFAULT_PATTERNS, EXIT_LISTING_INCOMPLETE, CaptionConfig, CaptionUsageError,
+                            caption_directory)
 from pipeline.captioner import CheckpointMismatchError
 from pipeline.config import ParamsError
 from pipeline.encoder_weights import EncoderWeightsError
 from pipeline.runtime import resolve_device
 
-EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130
+EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130  # and EXIT_LISTING_INCOMPLETE = 4
 _DEFAULTS = CaptionConfig()
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
@@ -40,8 +43,11 @@ def _progress_bar(console: Console) -> Progress:
 
 
 @app.command(epilog="Exit codes: 0 all captioned, 3 some files failed (rows written with status "
-                    "'error'), 2 usage error. Rerunning with the same OUT resumes: files already "
-                    "captioned by the same model with unchanged bytes are skipped.")
+                    "'error'), 4 listing incomplete (a directory could not be listed: OUT is written, "
+                    "keeping the earlier rows under it; takes precedence over 3), 2 usage error. "
+                    "Rerunning with the same OUT resumes: a row is reused only when the file's bytes, "
+                    "the model and every decoding setting (beam size, max length, length penalty, "
+                    "precision: the row's 'settings' column) are unchanged; other files are captioned again.")
 def main(
     images: Path = typer.Argument(..., help="Directory of images to caption."),
     out: Path = typer.Argument(..., help="Output Parquet file (one row per image; resumed if it exists)."),
@@ -54,6 +60,12 @@ def main(
     threads: int = typer.Option(_DEFAULTS.threads, min=0, help="Torch threads for the model (0 = torch default)."),
     beam_size: int = typer.Option(_DEFAULTS.beam_size, min=1, help="Beam width (1 = greedy)."),
     max_len: int = typer.Option(_DEFAULTS.max_len, min=1, help="Longest caption, in words."),
+    length_penalty: float = typer.Option(_DEFAULTS.length_penalty, min=0.0,
+                                         help="Beam ranking: logprob / length**penalty (0 = raw log-probability)."),
+    allow_encoder_mismatch: bool = typer.Option(
+        False, "--allow-encoder-mismatch",
+        help="Caption even if the encoder rebuilt from its weights is not the one the model was trained "
+             "with (its rows get a model_id naming the encoder used)."),
     part_size: int = typer.Option(_DEFAULTS.part_size, min=1,
                                   help="Rows per part file: at most this much work is lost if killed."),
     recursive: bool = typer.Option(_DEFAULTS.recursive, help="Descend into subdirectories."),
@@ -72,7 +84,8 @@ def main(
         except RuntimeError as err:  # asked for CUDA on a machine without it
             raise CaptionUsageError(str(err)) from None
         cfg = CaptionConfig(images_dir=str(images), batch_size=batch_size, num_workers=workers, threads=threads,
-                            device=device.value, beam_size=beam_size, max_len=max_len, part_size=part_size,
+                            device=device.value, beam_size=beam_size, max_len=max_len,
+                            length_penalty=length_penalty, part_size=part_size,
                             recursive=recursive, patterns=list(pattern or DEFAULT_PATTERNS))
         if console.is_terminal:
             with _progress_bar(console) as bar:
@@ -81,9 +94,10 @@ def main(
                 def report(done: int, total: int) -> None:
                     speed = bar.tasks[task].speed
                     bar.update(task, completed=done, total=total, rate=f"{speed:.1f} images/s" if speed else "")
-                summary = caption_directory(images, out, model, cfg, progress=report)
+                summary = caption_directory(images, out, model, cfg, progress=report,
+                                            allow_encoder_mismatch=allow_encoder_mismatch)
         else:
-            summary = caption_directory(images, out, model, cfg)
+            summary = caption_directory(images, out, model, cfg, allow_encoder_mismatch=allow_encoder_mismatch)
     except (CaptionUsageError, CheckpointMismatchError, EncoderWeightsError, FileNotFoundError, ParamsError,
             ValueError) as err:
         typer.echo(f"error: {err}", err=True)
@@ -91,11 +105,21 @@ def main(
     except KeyboardInterrupt:
         typer.echo("interrupted: the rows done so far are kept; run the same command again to resume", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    typer.echo(f"done: {summary['captioned']} captioned, {summary['skipped']} skipped (already captioned), "
-               f"{summary['failed']} failed -> {out}", err=True)
+    typer.echo(f"done: {summary['captioned']} captioned, {summary['failed']} failed, {summary['reused']} reused "
+               f"-> {out}", err=True)
+    typer.echo(f"files: {summary['new']} new, {summary['recaptioned_settings']} re-captioned (model or decoding "
+               f"settings changed), {summary['recaptioned_content']} re-captioned (file changed), "
+               f"{summary['retried']} retried (error before), {summary['reused']} reused", err=True)
     if summary["failed"]:
+        code = "" if summary["listing_incomplete"] else f" (exit code {EXIT_SOME_FAILED})"
         typer.echo(f"{summary['failed']} file(s) could not be captioned: see the rows with status 'error' "
-                   f"in {out} (exit code {EXIT_SOME_FAILED})", err=True)
+                   f"in {out}{code}", err=True)
+    if summary["listing_incomplete"]:
+        typer.echo(f"listing incomplete: could not list {', '.join(summary['unlisted_dirs'])}; "
+                   f"{summary['kept_unlisted']} earlier row(s) under it kept in {out}; rerun once it is "
+                   f"readable (exit code {EXIT_LISTING_INCOMPLETE})", err=True)
+        raise typer.Exit(EXIT_LISTING_INCOMPLETE)
+    if summary["failed"]:
         raise typer.Exit(EXIT_SOME_FAILED)
 
 

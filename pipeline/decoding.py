@@ -1,12 +1,13 @@
 """Greedy and beam search, both batched over images: the whole batch (times the beam)
-runs through the LSTM in one call per step. Shared by evaluation, caption-batch and the API."""
+runs through the decoder in one call per step. Works for every decoder of pipeline.decoders
+through start/step/select only. Shared by evaluation, caption-batch and the API."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-
-from pipeline.model import CaptionDecoder
+from torch import nn
 
 
 @dataclass
@@ -16,26 +17,51 @@ class Decoded:
     mean_logprob: list[float]  # logprob / number of scored tokens: a length-fair confidence
 
 
+def checked_banned_ids(banned_ids: Iterable[int], end_id: int) -> list[int]:
+    banned = sorted({int(i) for i in banned_ids})
+    if end_id in banned:
+        raise ValueError(f"banned_ids contains the <end> id {end_id}: captions could never finish")
+    return banned
+
+
 @torch.inference_mode()
-def decode(model: CaptionDecoder, features: torch.Tensor, start_id: int, end_id: int,
-           max_len: int = 20, beam_size: int = 1, length_penalty: float = 0.7) -> Decoded:
-    """Caption every row of `features` (N, D). beam_size 1 is greedy; above that, beam search
-    ranked by logprob / length**length_penalty (0 = raw log-probability)."""
+def decode(model: nn.Module, features: torch.Tensor, start_id: int, end_id: int,
+           max_len: int = 20, beam_size: int = 1, length_penalty: float = 0.7,
+           banned_ids: Iterable[int] = ()) -> Decoded:
+    """Caption every row of `features` ((N, D) pooled or (N, C, h, w) for spatial decoders).
+    beam_size 1 is greedy; above that, beam search ranked by logprob / length**length_penalty
+    (0 = raw log-probability). `banned_ids` (e.g. <unk>, <pad>, <start>) are never emitted;
+    scores stay the model's own log-probabilities (not renormalised), so they still match
+    teacher-forced scoring."""
     if max_len < 1:
         raise ValueError(f"max_len must be at least 1, got {max_len}")
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1 (1 = greedy), got {beam_size}")
+    banned = checked_banned_ids(banned_ids, end_id)
     if features.shape[0] == 0:
         return Decoded([], [], [])
     model.eval()
     if beam_size == 1:
-        return greedy(model, features, start_id, end_id, max_len)
-    return beam_search(model, features, start_id, end_id, max_len, beam_size, length_penalty)
+        return greedy(model, features, start_id, end_id, max_len, banned)
+    return beam_search(model, features, start_id, end_id, max_len, beam_size, length_penalty, banned)
 
 
-def greedy(model: CaptionDecoder, features: torch.Tensor, start_id: int, end_id: int,
-           max_len: int) -> Decoded:
+def _step(model: nn.Module, tokens: torch.Tensor, state, banned: torch.Tensor | None):
+    logp, state = model.step(tokens, state)
+    if banned is not None:
+        logp = logp.index_fill(-1, banned, float("-inf"))
+    return logp, state
+
+
+def _banned(banned: Iterable[int], device: torch.device) -> torch.Tensor | None:
+    ids = sorted({int(i) for i in banned})
+    return torch.tensor(ids, dtype=torch.long, device=device) if ids else None
+
+
+def greedy(model: nn.Module, features: torch.Tensor, start_id: int, end_id: int,
+           max_len: int, banned: Iterable[int] = ()) -> Decoded:
     n, device = features.shape[0], features.device
+    banned = _banned(banned, device)
     state = model.start(features)
     tokens = torch.full((n,), start_id, dtype=torch.long, device=device)
     out = torch.full((n, max_len), end_id, dtype=torch.long, device=device)
@@ -43,7 +69,7 @@ def greedy(model: CaptionDecoder, features: torch.Tensor, start_id: int, end_id:
     length = torch.zeros(n, dtype=torch.long, device=device)
     alive = torch.ones(n, dtype=torch.bool, device=device)
     for t in range(max_len):
-        logp, state = model.step(tokens, state)
+        logp, state = _step(model, tokens, state, banned)
         best, tokens = logp.max(dim=-1)
         logprob += best * alive  # a finished caption scores nothing more
         length += alive
@@ -54,14 +80,15 @@ def greedy(model: CaptionDecoder, features: torch.Tensor, start_id: int, end_id:
     return _finish(out, logprob, length, end_id)
 
 
-def beam_search(model: CaptionDecoder, features: torch.Tensor, start_id: int, end_id: int,
-                max_len: int, beam_size: int, length_penalty: float) -> Decoded:
+def beam_search(model: nn.Module, features: torch.Tensor, start_id: int, end_id: int,
+                max_len: int, beam_size: int, length_penalty: float, banned: Iterable[int] = ()) -> Decoded:
     """Standard beam search over (images x beams) at once. A finished beam stays in the beam
     with a frozen score (it can only be extended by <end> at zero cost), and candidates are
     ranked by score / length**length_penalty, so long and short captions compete fairly."""
     n, k, device = features.shape[0], beam_size, features.device
-    h, c = model.start(features)
-    state = (h.repeat_interleave(k, dim=1), c.repeat_interleave(k, dim=1))  # row = image * k + beam
+    banned = _banned(banned, device)
+    # row = image * k + beam
+    state = model.select(model.start(features), torch.arange(n, device=device).repeat_interleave(k))
     tokens = torch.full((n * k,), start_id, dtype=torch.long, device=device)
     scores = torch.zeros(n, k, device=device)
     scores[:, 1:] = float("-inf")  # all beams start identical: keep only one alive at first
@@ -70,7 +97,7 @@ def beam_search(model: CaptionDecoder, features: torch.Tensor, start_id: int, en
     history = torch.zeros(n, k, 0, dtype=torch.long, device=device)
     image_offset = torch.arange(n, device=device).unsqueeze(1) * k
     for _ in range(max_len):
-        logp, state = model.step(tokens, state)
+        logp, state = _step(model, tokens, state, banned)
         vocab = logp.shape[-1]
         logp = logp.view(n, k, vocab)
         # Finished beams: the only continuation is <end> again, at no cost, length unchanged.
@@ -87,7 +114,7 @@ def beam_search(model: CaptionDecoder, features: torch.Tensor, start_id: int, en
         finished = finished.gather(1, beam) | (word == end_id)
         history = torch.cat([history.gather(1, beam.unsqueeze(-1).expand_as(history)), word.unsqueeze(-1)], -1)
         rows = (beam + image_offset).view(-1)
-        state = (state[0][:, rows], state[1][:, rows])
+        state = model.select(state, rows)
         tokens = word.view(-1)
         if finished.all():
             break

@@ -1,5 +1,7 @@
 """Test-split evaluation: free-running decoding (greedy and beam) from the cached features,
 the COCO caption metrics, diversity, a per-image table to sort by worst, and a caption sheet.
+Where the manifest carries the scenes' ground-truth objects, the grounded metric
+(pipeline.grounded) checks what each caption claims about its image, too.
 A checkpoint whose encoder is not the cache's (fine-tuned: it carries `encoder_state`) is
 evaluated on features encoded from the image files by its own encoder instead."""
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 from pipeline.captioner import Captioner
 from pipeline.features import FeatureTable
 from pipeline.images import make_loader
-from pipeline.manifest import RootGuard
+from pipeline.grounded import CaptionScore, aggregate, load_objects, score_caption
+from pipeline.manifest import OBJECTS, RootGuard
 from pipeline.metrics import diversity, java_available, meteor_jar, score_captions
 
 logger = logging.getLogger(__name__)
@@ -56,8 +59,22 @@ def encode_images(captioner: Captioner, paths: Sequence[Path], batch_size: int, 
         if batch.images is not None:
             features.append(captioner.encode(batch.images).cpu())
             kept += batch.indices
-    dim = captioner.encoder.feature_dim
-    return (torch.cat(features) if features else torch.empty(0, dim)), kept
+    return (torch.cat(features) if features else torch.empty(0, *captioner.decoder.feature_shape)), kept
+
+
+def check_cache_fits(captioner: Captioner, table: FeatureTable) -> bool:
+    """True when the cache holds the checkpoint's own features; False when the checkpoint's
+    encoder is another one (fine-tuned: evaluate encodes the images). Same encoder but other
+    feature settings is the user's mistake, refused before any work, naming the param."""
+    info, meta = captioner.encoder_info, table.meta
+    if info.get("fingerprint") != meta.get("fingerprint"):
+        return False
+    for param, key in (("features.spatial", "spatial"), ("features.precision", "precision")):
+        if info.get(key) is not None and info.get(key) != meta.get(key):
+            raise ValueError(f"the checkpoint was trained on features made with {param}: {info[key]!r}, the "
+                             f"features file holds {meta.get(key)!r}: set {param}: {info[key]} and rerun the "
+                             f"features stage, or retrain (dvc repro)")
+    return True
 
 
 def evaluate(captioner: Captioner, manifest: pd.DataFrame, table: FeatureTable,
@@ -67,7 +84,7 @@ def evaluate(captioner: Captioner, manifest: pd.DataFrame, table: FeatureTable,
     Features come from `table` when the checkpoint's encoder is the one that made it; otherwise
     (a fine-tuned encoder) from the images under `image_root`, encoded by the checkpoint's encoder."""
     manifest = manifest[manifest.image_id.isin(set(table.ids))]
-    from_images = captioner.encoder_info.get("fingerprint") != table.meta.get("fingerprint")
+    from_images = not check_cache_fits(captioner, table)
     if from_images and image_root is None:
         raise ValueError(f"the checkpoint's encoder ({captioner.encoder_info.get('fingerprint')}) did not make "
                          f"the cached features ({table.meta.get('fingerprint')}): pass the data root so that "
@@ -89,7 +106,7 @@ def evaluate(captioner: Captioner, manifest: pd.DataFrame, table: FeatureTable,
                 if rows.empty:
                     continue
             else:
-                features = torch.from_numpy(table.lookup(list(rows.image_id)))
+                features = torch.from_numpy(table.lookup(list(rows.image_id), spatial=captioner.spatial))
             refs = {i: list(c) for i, c in zip(rows.image_id, rows.captions)}
             metrics[split] = {}
             for decoding, beam in (("greedy", 1), ("beam", cfg.beam_size)):
@@ -97,6 +114,9 @@ def evaluate(captioner: Captioner, manifest: pd.DataFrame, table: FeatureTable,
                 hyps = dict(zip(rows.image_id, captions))
                 report = score_captions(refs, hyps, backend=cfg.backend, meteor=jar)
                 metrics[split][decoding] = {**report.corpus, **diversity(hyps, train_captions)}
+                grounded = grounded_scores(rows, captions)
+                if grounded is not None:
+                    metrics[split][decoding]["grounded"] = aggregate([g for g in grounded if g is not None])
                 info = {"implementation": report.implementation, "skipped": report.skipped,
                         "scale": report.scale, "backend": report.backend}
             per_image = pd.DataFrame({
@@ -105,6 +125,10 @@ def evaluate(captioner: Captioner, manifest: pd.DataFrame, table: FeatureTable,
             })
             for metric in ("bleu_4", "meteor", "rouge_l", "cider"):
                 per_image[metric] = [report.per_image[i].get(metric) for i in rows.image_id]
+            if grounded is not None:  # of the beam captions, like the rest of the table
+                per_image["object_precision"] = [g.object_precision if g else None for g in grounded]
+                per_image["exact_set"] = [g.exact_set if g else None for g in grounded]
+                per_image["wrong_words"] = [g.wrong_words if g else [] for g in grounded]
             tables.append(per_image)
     if "test" not in metrics:
         raise ValueError("the manifest has no test images: check data.test_fraction or the source's split files")
@@ -114,6 +138,34 @@ def evaluate(captioner: Captioner, manifest: pd.DataFrame, table: FeatureTable,
                 encoder_fingerprint=captioner.encoder_info.get("fingerprint"),
                 length_penalty=cfg.length_penalty, decoding="free-running (no teacher forcing)")
     return metrics, pd.concat(tables, ignore_index=True), info
+
+
+def grounded_scores(rows: pd.DataFrame, captions: Sequence[str]) -> list[CaptionScore | None] | None:
+    """Each caption checked against its image's objects (None for an image without them);
+    None when no image of `rows` has objects (a data set other than the scenes)."""
+    if OBJECTS not in rows.columns:
+        return None
+    objects = [load_objects(value) for value in rows[OBJECTS]]
+    if not any(objects):
+        return None
+    return [score_caption(c, o) if o else None for c, o in zip(captions, objects)]
+
+
+def sheet_items(per_image: pd.DataFrame, manifest: pd.DataFrame, root: str | Path, count: int) -> list[dict]:
+    """The caption sheet's items: the first `count` test images, with the indices of the
+    generated caption's words that the grounded metric finds wrong, where it applies."""
+    guard = RootGuard(root)
+    rows = per_image[per_image.split == "test"].head(count)
+    objects = dict(zip(manifest.image_id, manifest[OBJECTS])) if OBJECTS in manifest.columns else {}
+    items = []
+    for r in rows.itertuples():
+        item = {"image_path": guard.join(r.path), "image_id": r.image_id, "generated": r.caption,
+                "references": list(r.references), "score": r.cider}
+        truth = load_objects(objects.get(r.image_id))
+        if truth:
+            item["wrong"] = score_caption(r.caption, truth).wrong
+        items.append(item)
+    return items
 
 
 def write_json(path: Path, payload: dict) -> None:

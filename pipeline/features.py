@@ -1,9 +1,11 @@
 """Run an image encoder once over every image into Parquet, incrementally.
 
-Each row is keyed by sha256(encoder fingerprint + sha256 of the image bytes): a rerun reuses
-every row whose key is already in the output file and encodes only new or changed images;
-another encoder or preprocessing changes every key, so everything is re-encoded. Images that
-cannot be decoded go to a small JSON errors file and are skipped.
+Each row is keyed by sha256(features identity + sha256 of the image bytes). The identity
+(`features_identity`) holds everything that changes the vectors: the encoder fingerprint
+(name, weights, preprocessing), the autocast precision, the device type, the spatial level
+and FEATURES_CODE_VERSION. A rerun reuses every row whose key is already in the output file
+and encodes only new or changed images; any change of identity re-encodes everything. Images
+that cannot be decoded go to a small JSON errors file and are skipped.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.encoders import Encoder, EncoderConfig, build_encoder
+from pipeline.feature_maps import SPATIAL_LEVELS, SpatialEncoder
 from pipeline.images import ImageLoadError, check_file, make_loader
 from pipeline.runtime import resolve_device
 from pipeline.hashing import file_sha256
@@ -32,6 +35,9 @@ logger = logging.getLogger(__name__)
 META_KEY = b"pipeline.features"  # Parquet schema metadata: JSON describing the encoder
 _CHUNK_BYTES = 64 << 20  # rows buffered before a row group is written: bounds memory with grid on
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Bump when the code that turns pixels into stored vectors changes (pooling, rounding, taps):
+# it is part of every row's key, so old caches are re-encoded instead of silently reused.
+FEATURES_CODE_VERSION = 2
 
 
 @dataclass
@@ -39,7 +45,9 @@ class FeaturesConfig:
     batch_size: int = 64
     num_workers: int = 2  # decoding processes running beside the forward pass
     device: str = "auto"  # auto = cuda if available, else cpu
-    grid: bool = False  # also store the (D, h, w) spatial map; ~50x larger than pooled features
+    # Also store a (C, h, w) spatial map for the attention decoders (pipeline/feature_maps.py):
+    # none | head | s16 | s32 | s16+s32. About 42 KB per image in float16 for Lite0's s16 or s16+s32.
+    spatial: str = "none"
     precision: str = "auto"  # auto = bf16 (fp16 if no bf16) autocast on CUDA, fp32 on CPU | fp32 | bf16 | fp16
 
     def __post_init__(self) -> None:
@@ -48,6 +56,8 @@ class FeaturesConfig:
                              f"got {self.batch_size} and {self.num_workers}")
         if self.precision not in ("auto", *_PRECISIONS):
             raise ValueError(f"features.precision {self.precision!r}: use auto, {', '.join(_PRECISIONS)}")
+        if self.spatial not in SPATIAL_LEVELS:
+            raise ValueError(f"features.spatial {self.spatial!r}: use one of {', '.join(SPATIAL_LEVELS)}")
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -56,6 +66,17 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return _PRECISIONS[precision]
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def features_identity(encoder_fingerprint: str, precision: str, device_type: str, spatial: str) -> str:
+    """Everything that decides the stored vectors, as one short id (stored in the file's metadata)."""
+    ident = {"encoder": encoder_fingerprint, "precision": precision, "device": device_type,
+             "spatial": spatial, "code": FEATURES_CODE_VERSION}
+    return "feat-" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def content_key(path: Path, fingerprint: str) -> str:
@@ -124,9 +145,11 @@ def _copy_reused(old: Path, ids_by_key: dict[str, list[str]], writer: _RowWriter
     columns = ["key", "feature"] + (["grid"] if writer.grid_size else [])
     for batch in pq.ParquetFile(old).iter_batches(batch_size=1024, columns=columns):
         keys = batch.column("key").to_pylist()
-        rows = [i for i, k in enumerate(keys) if k in ids_by_key and k not in done]
-        for i in rows:
-            done.add(keys[i])
+        rows = []
+        for i, k in enumerate(keys):  # one copy per key: identical images share rows of one key
+            if k in ids_by_key and k not in done:
+                done.add(k)
+                rows.append(i)
         if not rows:
             continue
         take = pa.array(rows)
@@ -145,12 +168,10 @@ def _fixed_list_to_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
 
 
-def _encode(encoder: Encoder, todo: list[tuple[str, Path]], ids_by_key: dict[str, list[str]],
+def _encode(encoder: SpatialEncoder, todo: list[tuple[str, Path]], ids_by_key: dict[str, list[str]],
             cfg: FeaturesConfig, device: torch.device, writer: _RowWriter, failures: list[dict]) -> int:
     amp = autocast_dtype(cfg.precision, device)
-    # channels_last: faster on GPU tensor cores, and measured faster on CPU (oneDNN) too
-    encoder.to(device, memory_format=torch.channels_last)
-    loader = make_loader([p for _, p in todo], encoder.preprocess, cfg.batch_size, cfg.num_workers,
+    loader = make_loader([p for _, p in todo], encoder.encoder.preprocess, cfg.batch_size, cfg.num_workers,
                          pin_memory=device.type == "cuda")
     n_done, start, last_log = 0, time.perf_counter(), time.perf_counter()
     with torch.inference_mode():
@@ -162,8 +183,7 @@ def _encode(encoder: Encoder, todo: list[tuple[str, Path]], ids_by_key: dict[str
                 continue
             x = batch.images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                grid = encoder.forward_grid(x)
-            pooled = grid.float().mean(dim=(2, 3))
+                pooled, grid = encoder(x)
             keys = [todo[i][0] for i in batch.indices]
             n = [len(ids_by_key[k]) for k in keys]
             writer.add([i for k in keys for i in ids_by_key[k]], [k for k, m in zip(keys, n) for _ in range(m)],
@@ -187,21 +207,24 @@ def extract_features(items: list[tuple[str, Path]], encoder_cfg: EncoderConfig, 
         raise ValueError(f"duplicate image ids in the features input, e.g. {dupes}: ids must be unique")
     device = resolve_device(cfg.device)
     encoder = build_encoder(encoder_cfg).optimize_for_inference()
-    grid_shape = None
-    if cfg.grid:  # known before the first batch, so the schema can be written up front
-        with torch.inference_mode():
-            size = encoder.preprocess.size
-            grid_shape = list(encoder.forward_grid(torch.zeros(1, 3, size, size)).shape[1:])
+    # channels_last: faster on GPU tensor cores, and measured faster on CPU (oneDNN) too
+    encoder.to(device, memory_format=torch.channels_last)
+    spatial = SpatialEncoder(encoder, cfg.spatial)
+    grid_shape = spatial.spatial_shape()  # known before the first batch: the schema is written up front
+    precision = precision_name(autocast_dtype(cfg.precision, device))
+    features_id = features_identity(encoder.fingerprint, precision, device.type, cfg.spatial)
     meta = {"name": encoder.name, "weights": encoder.weights, "weights_id": encoder.weights_id,
             "fingerprint": encoder.fingerprint, "preprocess": encoder.preprocess.to_dict(),
-            "feature_dim": encoder.feature_dim, "grid_shape": grid_shape}
+            "feature_dim": encoder.feature_dim, "grid_shape": grid_shape, "spatial": cfg.spatial,
+            "precision": precision, "device_type": device.type, "code_version": FEATURES_CODE_VERSION,
+            "features_id": features_id}
 
     failures: list[dict] = []
     ids_by_key: dict[str, list[str]] = defaultdict(list)
     path_by_key: dict[str, Path] = {}
     for image_id, path in items:
         try:
-            key = content_key(Path(path), encoder.fingerprint)
+            key = content_key(Path(path), features_id)
         except ImageLoadError as err:
             failures.append({"image_id": image_id, "path": str(path), "error": str(err)})
             continue
@@ -214,10 +237,11 @@ def extract_features(items: list[tuple[str, Path]], encoder_cfg: EncoderConfig, 
             old = _read_meta(out_path)
         except (ValueError, OSError, pa.ArrowException) as err:  # not ours or damaged: just rebuild it
             logger.warning("cannot reuse %s (%s): re-encoding everything", out_path, err)
-    reusable = old is not None and old["fingerprint"] == meta["fingerprint"] and grid_shape in (None, old["grid_shape"])
+    reusable = old is not None and old.get("features_id") == features_id
     if old is not None and not reusable:
-        logger.info("%s was written by %s (grid %s), now %s (grid %s): re-encoding everything",
-                    out_path, old["fingerprint"], old["grid_shape"], meta["fingerprint"], grid_shape)
+        was = {k: old.get(k) for k in ("fingerprint", "precision", "device_type", "spatial", "code_version")}
+        now = {k: meta[k] for k in was}
+        logger.info("%s was made by %s, now %s: re-encoding everything", out_path, was, now)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
     writer = _RowWriter(tmp, meta)
@@ -227,7 +251,7 @@ def extract_features(items: list[tuple[str, Path]], encoder_cfg: EncoderConfig, 
         logger.info("%s: %d images, %d reused, %d to encode, %d unreadable", encoder.name, len(items),
                     sum(len(ids_by_key[k]) for k in reused), len(todo), len(failures))
         encode_start = time.perf_counter()
-        n_encoded = _encode(encoder, todo, ids_by_key, cfg, device, writer, failures) if todo else 0
+        n_encoded = _encode(spatial, todo, ids_by_key, cfg, device, writer, failures) if todo else 0
         encode_seconds = time.perf_counter() - encode_start
         writer.close()
         os.replace(tmp, out_path)  # readers never see a half-written file
@@ -244,7 +268,8 @@ def extract_features(items: list[tuple[str, Path]], encoder_cfg: EncoderConfig, 
              "n_reused": sum(len(ids_by_key[k]) for k in reused), "n_failed": len(failures),
              "seconds": round(seconds, 3), "encode_seconds": round(encode_seconds, 3),
              "images_per_s": round(n_encoded / encode_seconds, 2) if n_encoded else 0.0,
-             "encoder": encoder.name, "fingerprint": encoder.fingerprint, "device": str(device)}
+             "encoder": encoder.name, "fingerprint": encoder.fingerprint, "features_id": features_id,
+             "spatial": cfg.spatial, "grid_shape": grid_shape, "precision": precision, "device": str(device)}
     logger.info("features: %s", stats)
     return stats
 
@@ -260,19 +285,22 @@ def _write_errors(path: Path, failures: list[dict]) -> None:
 class FeatureTable:
     ids: list[str]
     features: np.ndarray  # (N, D) float32
-    meta: dict[str, Any]  # name, weights, weights_id, fingerprint, preprocess, feature_dim, grid_shape
-    grid: np.ndarray | None = None  # (N, D, h, w) float16, only when loaded with grid=True
+    meta: dict[str, Any]  # encoder identity, feature_dim, grid_shape, spatial, precision, features_id
+    grid: np.ndarray | None = None  # (N, C, h, w) float16 spatial maps, only when loaded with grid=True
     _row: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._row = {image_id: i for i, image_id in enumerate(self.ids)}
 
-    def lookup(self, ids: list[str]) -> np.ndarray:
+    def lookup(self, ids: list[str], spatial: bool = False) -> np.ndarray:
+        """Pooled features (N, D) float32, or with spatial=True the maps (N, C, h, w) float16."""
         missing = [i for i in ids if i not in self._row]
         if missing:
             raise KeyError(f"{len(missing)} image id(s) have no features, e.g. {missing[:5]}: rerun the "
                            f"features stage on this manifest (unreadable images are listed in its errors file)")
-        return self.features[[self._row[i] for i in ids]]
+        if spatial and self.grid is None:
+            raise ValueError("spatial features were not loaded: load_features(path, grid=True)")
+        return (self.grid if spatial else self.features)[[self._row[i] for i in ids]]
 
 
 def load_features(path: Path, grid: bool = False) -> FeatureTable:
@@ -281,7 +309,8 @@ def load_features(path: Path, grid: bool = False) -> FeatureTable:
         raise FileNotFoundError(f"no features file at {path}: run the features stage first")
     meta = _read_meta(path)
     if grid and not meta.get("grid_shape"):
-        raise ValueError(f"{path} has no grid features: set features.grid: true and rerun the features stage")
+        raise ValueError(f"{path} has no spatial features, which this decoder needs: set features.spatial "
+                         f"(e.g. s16+s32) and rerun the features stage (dvc repro features)")
     table = pq.read_table(path, columns=["image_id", "feature"] + (["grid"] if grid else []))
     features = _fixed_list_to_numpy(table.column("feature")).astype(np.float32)
     grids = _fixed_list_to_numpy(table.column("grid")).reshape(-1, *meta["grid_shape"]) if grid else None

@@ -6,7 +6,6 @@ The checkpoint then carries the fine-tuned encoder weights (`encoder_state`) and
 that differs from the feature cache's, so nothing reads stale cached features for it."""
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Callable, Iterator
@@ -17,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.encoders import Encoder, EncoderConfig, build_encoder
+from pipeline.hashing import state_digest
 from pipeline.images import ImageDataset, collate_images, make_loader
 from pipeline.manifest import RootGuard
 from pipeline.train import TrainConfig, fit
@@ -33,15 +33,6 @@ def round_like_cache(features: torch.Tensor) -> torch.Tensor:
     return features + (exact.half().float() - exact)
 
 
-def state_digest(state: dict[str, torch.Tensor], length: int = 12) -> str:
-    """Short content hash of a state dict: names the fine-tuned weights in the fingerprint."""
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        digest.update(key.encode())
-        digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:length]
-
-
 class EncoderFeatures:
     """Features computed from images by an encoder whose last `cfg.unfreeze_blocks` blocks train
     (learning rate `cfg.encoder_lr`); DataLoader workers decode the images of the next batch."""
@@ -50,7 +41,7 @@ class EncoderFeatures:
         if cfg.finetune_workers < 0:
             raise ValueError(f"train.finetune_workers must be >= 0, got {cfg.finetune_workers}")
         self.encoder, self.train_paths, self.val_paths = encoder, train_paths, val_paths
-        self.feature_dim = encoder.feature_dim
+        self.feature_shape = (encoder.feature_dim,)  # pooled: fine-tuning feeds the show_tell decoder
         self.base_fingerprint = encoder.fingerprint
         self.cfg = cfg
         self.trainable = encoder.unfreeze_last(cfg.unfreeze_blocks)

@@ -5,6 +5,8 @@ Contract (checked by `validate_manifest`, one row per image):
     path      str        POSIX path relative to the data root, never escaping it
     split     str        one of SPLITS
     captions  list[str]  >= 1 caption, whitespace-normalised, non-empty, no duplicates
+    objects   str        optional column, only when the source has it (the scenes' ground-truth
+                         objects as JSON, for evaluate's grounded metric); null for other images
 The data root is stored in the Parquet schema metadata under b"data_root".
 
 `build_manifest` runs a format parser (pipeline.formats) and then applies the same rules
@@ -32,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test", "novel")
 COLUMNS = ("image_id", "path", "split", "captions")
+OBJECTS = "objects"
 DATA_ROOT_KEY = b"data_root"
 # Names real sources use for our splits.
 SPLIT_ALIASES = {"dev": "val", "valid": "val", "validation": "val", "restval": "train"}
@@ -148,7 +151,7 @@ def build_manifest(cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, Any]]:
             split = image.split
             if split is None:
                 split, hashed = _hashed_split(image_id, cfg), hashed + 1
-            rows.append((image_id, image_id, split, image.captions))
+            rows.append((image_id, image_id, split, image.captions, image.objects))
     for reason, names in dropped.items():
         logger.warning("dropped %d image(s): %s (e.g. %s)", len(names), reason, ", ".join(names[:EXAMPLES_IN_REPORT]))
     if not rows:
@@ -160,7 +163,9 @@ def build_manifest(cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, Any]]:
 
     order = {split: i for i, split in enumerate(SPLITS)}
     rows.sort(key=lambda row: (order[row[2]], row[0]))
-    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    df = pd.DataFrame(rows, columns=[*COLUMNS, OBJECTS])
+    if df[OBJECTS].isna().all():
+        df = df.drop(columns=OBJECTS)
     validate_manifest(df)
     return df, _report(cfg, df, dropped, hashed)
 
@@ -180,6 +185,7 @@ class _Image:
     split_where: str  # the line that set the split (or first mentioned the image)
     captions: list[str]
     known: set[str]
+    objects: str | None = None
 
 
 def _merge(records: Iterable[Record]) -> dict[str, _Image]:
@@ -197,6 +203,7 @@ def _merge(records: Iterable[Record]) -> dict[str, _Image]:
             )
         if split and not image.split:
             image.split, image.split_where = split, record.where
+        image.objects = image.objects or getattr(record, "objects", None)  # only jsonl records have them
         for caption in record.captions:
             if not isinstance(caption, str):
                 raise ManifestError(f"{record.where}: caption {caption!r} is not a string")
@@ -298,7 +305,11 @@ def write_manifest(df: pd.DataFrame, path: str | Path, data_root: str | Path) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = {c: df[c].tolist() for c in COLUMNS}
     columns["captions"] = [list(c) for c in columns["captions"]]
-    table = pa.Table.from_pydict(columns, schema=SCHEMA.with_metadata({DATA_ROOT_KEY: str(data_root).encode()}))
+    schema = SCHEMA
+    if OBJECTS in df.columns:
+        columns[OBJECTS] = [v if isinstance(v, str) else None for v in df[OBJECTS]]
+        schema = schema.append(pa.field(OBJECTS, pa.string()))
+    table = pa.Table.from_pydict(columns, schema=schema.with_metadata({DATA_ROOT_KEY: str(data_root).encode()}))
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         pq.write_table(table, tmp)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import re
 import shutil
 import subprocess
 import tempfile
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from pipeline.vocab import one_line, ptb_tokens
 from pipeline.wordnet import WORDNET_APT_PACKAGES, load_wordnet
 
 logger = logging.getLogger(__name__)
@@ -40,18 +40,6 @@ SPICE_SKIP_REASON = (
     "not computed: pycocoevalcap's SPICE downloads Stanford CoreNLP models at first use, "
     "which is impossible offline; no SPICE figure is reported rather than an estimate"
 )
-
-# The tokens pycocoevalcap drops after PTB tokenization (its PUNCTUATIONS list). With
-# -lowerCase the bracket tokens come out as -lrb- etc., so coco keeps those; we do too.
-_PTB_DROPPED = {"''", "'", "``", "`", '"', ".", "?", "!", ",", ":", "-", "--", "...", ";"}
-_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
-_CLITICS = ("n't", "'s", "'re", "'ve", "'ll", "'d", "'m")
-_CLITIC = re.compile(rf"(?<=\w)({'|'.join(_CLITICS)})\b")
-# Punctuation PTB always splits off a word (":" and "," only when not inside a number).
-_SPLIT_PUNCT = re.compile(r"(\.\.\.|--|[;!?\"`%$]|(?<!\d)[:,]|[:,](?!\d))")
-# u.s.a., a.m., etc. keep their periods in PTB
-_ABBREVIATION = re.compile(r"^(?:(?:[a-z]\.){2,}|(?:etc|mr|mrs|ms|dr|st|vs|jr|inc|co|ltd)\.)$")
-
 
 @dataclasses.dataclass
 class MetricReport:
@@ -156,45 +144,42 @@ def diversity(hypotheses: dict[str, str], train_captions: list[str] | None = Non
 
 def ptb_like_tokenize(sentence: str) -> str:
     """Pure-Python stand-in for `PTBTokenizer -preserveLines -lowerCase` followed by
-    pycocoevalcap's punctuation filter. Exact on ordinary captions (words, commas, periods,
-    clitics such as dog's / isn't, hyphenated words); an approximation on exotic text."""
-    text = _CLITIC.sub(r" \1", sentence.lower().replace("\n", " "))
-    for bracket, token in _BRACKETS.items():
-        text = text.replace(bracket, f" {token} ")
-    text = _SPLIT_PUNCT.sub(r" \1 ", text)
-    tokens = []
-    for token in text.split():
-        if token not in _CLITICS:
-            token = token.strip("'")  # quote marks around a word
-        if token.endswith(".") and not _ABBREVIATION.match(token) and token.strip("."):
-            token = token.rstrip(".")  # sentence-final period
-        if token and token not in _PTB_DROPPED and token.strip(".-"):
-            tokens.append(token)
-    return " ".join(tokens)
+    pycocoevalcap's punctuation filter (pipeline.vocab.ptb_tokens, which the vocabulary uses too)."""
+    return " ".join(ptb_tokens(sentence))
 
 
 def ptb_tokenize_java(sentences: list[str]) -> list[str]:
-    """pycocoevalcap's PTBTokenizer (same jar, flags and punctuation filter), except that the
-    temporary file goes to the system temp dir instead of into site-packages, which may be
-    read-only or shared between concurrent runs."""
+    """pycocoevalcap's PTBTokenizer (same jar, flags and punctuation filter), except that
+    - the temporary file goes to the system temp dir instead of into site-packages, which may
+      be read-only or shared between concurrent runs;
+    - every line break or separator in a caption becomes a space (pycocoevalcap only replaces
+      \\n), since the jar reads one caption per line;
+    - the file ends with a newline: without one the jar tokenizes the last caption differently
+      ("you've" -> "you ` ve" instead of "you 've");
+    - the output must hold exactly one line per caption, else RuntimeError. No fallback to
+      the Python tokenizer: the figures would then be labelled as the jar's while coming from
+      an approximation, and a jar that misreads its input is a fault to see, not to hide."""
     from pycocoevalcap.tokenizer import ptbtokenizer
 
     jar = Path(ptbtokenizer.__file__).with_name(ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR)
     with tempfile.TemporaryDirectory(prefix="ptb-") as tmp:
         source = Path(tmp) / "sentences.txt"
-        source.write_text("\n".join(s.replace("\n", " ") for s in sentences), encoding="utf-8")
+        source.write_text("".join(one_line(s) + "\n" for s in sentences), encoding="utf-8")
         cmd = ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer",
                "-preserveLines", "-lowerCase", str(source)]
         done = subprocess.run(cmd, capture_output=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"Java PTBTokenizer failed ({done.stderr.decode(errors='replace')[-500:]}); "
-                           "check `java -version` works or score with backend='python'")
+                           "check `java -version` works or score with backend='python' (evaluate.backend)")
     lines = done.stdout.decode("utf-8").split("\n")
-    if len(lines) < len(sentences):
-        raise RuntimeError(f"PTBTokenizer returned {len(lines)} lines for {len(sentences)} sentences")
+    if len(lines) != len(sentences) + 1 or lines[-1]:
+        unterminated = " (the last unterminated)" if lines[-1] else ""
+        raise RuntimeError(
+            f"PTBTokenizer returned {len(lines) - (not lines[-1])} lines{unterminated} for {len(sentences)} "
+            "sentences, so hypotheses and references would be misaligned; nothing was scored. Score with "
+            "backend='python' (evaluate.backend: python) and report the captions that caused it")
     punctuation = set(ptbtokenizer.PUNCTUATIONS)
-    return [" ".join(w for w in line.rstrip().split(" ") if w and w not in punctuation)
-            for line in lines[: len(sentences)]]
+    return [" ".join(w for w in line.rstrip().split(" ") if w and w not in punctuation) for line in lines[:-1]]
 
 
 def java_available() -> bool:

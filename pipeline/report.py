@@ -1,5 +1,7 @@
 """Caption sheet: a PNG grid of images with their generated and reference captions, for a
-human to judge at a glance what the numbers in metrics.json mean."""
+human to judge at a glance what the numbers in metrics.json mean. Words of a generated
+caption that the grounded metric finds wrong (an item's optional `wrong`: word indices)
+are drawn [bracketed] in red, so a fluent but false caption stands out."""
 from __future__ import annotations
 
 import logging
@@ -25,10 +27,12 @@ WRAP_CHARS = 44  # characters per caption line at FONT_SIZE in CELL_WIDTH_IN
 FONT_SIZE = 8.5
 MAX_CAPTION_LINES = 3  # per caption; longer ones end in "..." so cells never overlap
 REFERENCES_SHOWN = 2
+WRONG_COLOUR = "#d40000"
 
 
 def caption_sheet(items: list[dict], out_png: Path, columns: int = 4, score_label: str = "CIDEr-D") -> Path:
-    """Write a grid of `items` (each: image_path, generated, references, score) to `out_png`.
+    """Write a grid of `items` (each: image_path, generated, references, score; optional
+    image_id, and wrong: indices into generated.split() of words to mark) to `out_png`.
     Item order is kept, so pass them sorted the way you want to read them."""
     if not items:
         raise ValueError("caption_sheet needs at least one item")
@@ -82,13 +86,46 @@ def _draw_captions(fig, x: float, y: float, item: dict, score_label: str) -> Non
     header = f"{score_label} {float(item['score']):.2f}"
     if item.get("image_id") is not None:
         header = f"{item['image_id']}  ·  {header}"
-    lines = [(header, {"color": "dimgray"})]
-    lines += [(line, {"weight": "bold"}) for line in _wrap(item["generated"])]
+    words, wrong = str(item["generated"]).split(), set(item.get("wrong") or ())
+    generated = _wrap(" ".join(_bracket(n, w, wrong) for n, w in enumerate(words)))
+    lines = [(header, {"color": "dimgray"})] + [(line, {"weight": "bold"}) for line in generated]
     for reference in list(item["references"])[:REFERENCES_SHOWN]:
         lines += [(line, {"color": "#404040", "style": "italic"}) for line in _wrap(reference, "ref: ")]
     line_height = FONT_SIZE * 1.35 / 72 / fig.get_figheight()  # points -> figure fraction
     for k, (text, style) in enumerate(lines):
+        if wrong and 1 <= k <= len(generated):
+            continue  # drawn word by word below
         fig.text(x, y - k * line_height, text, fontsize=FONT_SIZE, va="top", ha="left", **style)
+    if wrong:
+        _draw_marked(fig, x, y - line_height, line_height, generated, wrong)
+
+
+def _bracket(n: int, word: str, wrong: set[int]) -> str:
+    """Brackets around each run of wrong words: "[to the left of]", not four pairs."""
+    if n not in wrong:
+        return word
+    return ("" if n - 1 in wrong else "[") + word + ("" if n + 1 in wrong else "]")
+
+
+def _draw_marked(fig, x: float, y: float, line_height: float, lines: list[str], wrong: set[int]) -> None:
+    """The generated caption's wrapped lines word by word, each word placed after the measured
+    width of the one before, so that wrong words can be red; the brackets already in the
+    text keep the marks readable in greyscale too."""
+    style = {"fontsize": FONT_SIZE, "va": "top", "ha": "left", "weight": "bold"}
+    renderer = fig.canvas.get_renderer()
+    to_fraction = 1 / (fig.get_figwidth() * fig.dpi)  # display pixels -> figure fraction
+    probes = [fig.text(0, 0, text, **style) for text in ("x x", "xx")]
+    wide, narrow = (probe.get_window_extent(renderer).width for probe in probes)
+    for probe in probes:
+        probe.remove()
+    n = 0  # word index into the caption: wrapping keeps words whole and in order
+    for k, line in enumerate(lines):
+        left = x
+        for word in line.split():
+            colour = WRONG_COLOUR if n in wrong else "black"
+            drawn = fig.text(left, y - k * line_height, word, color=colour, **style)
+            left += (drawn.get_window_extent(renderer).width + wide - narrow) * to_fraction
+            n += 1
 
 
 def _wrap(caption: str, prefix: str = "") -> list[str]:

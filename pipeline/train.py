@@ -15,10 +15,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pipeline.checkpoint import save_checkpoint
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.decoding import decode
 from pipeline.metrics import quick_score
-from pipeline.model import CaptionDecoder, DecoderConfig
+from pipeline.scst import CiderD, reference_tokens, scst_epoch
+from pipeline.decoders import DECODERS, DecoderConfig, build_decoder
 from pipeline.runtime import resolve_device, seed_everything
 from pipeline.vocab import Vocab
 
@@ -42,6 +43,12 @@ class TrainConfig(DecoderConfig):
     unfreeze_blocks: int = 2
     encoder_lr: float = 1e-4
     finetune_workers: int = 2
+    # Self-critical sequence training after cross-entropy (pipeline/scst.py): CIDEr-D reward,
+    # baseline = mean reward of the image's other samples. 0 epochs = off.
+    scst_epochs: int = 0
+    scst_lr: float = 5e-5
+    scst_samples: int = 5
+    scst_batch_size: int = 64  # images per step (x scst_samples sampled captions)
 
     def decoder_config(self) -> DecoderConfig:
         return DecoderConfig(**{f.name: getattr(self, f.name) for f in fields(DecoderConfig)})
@@ -76,7 +83,7 @@ def length_bucketed_batches(lengths: torch.Tensor, batch_size: int, generator: t
 class FeatureSource(Protocol):
     """Where a batch's image features come from: the cache (CachedFeatures) or images run
     through a trainable encoder (pipeline.finetune.EncoderFeatures). The loop is the same."""
-    feature_dim: int
+    feature_shape: tuple[int, ...]  # (D,) pooled or (C, h, w) spatial
 
     def param_groups(self) -> list[dict]: ...  # optimiser groups beyond the decoder's
     def train(self, mode: bool = True) -> None: ...
@@ -87,11 +94,13 @@ class FeatureSource(Protocol):
 
 
 class CachedFeatures:
-    """Features precomputed by the features stage: nothing to train on the encoder side."""
+    """Features precomputed by the features stage: nothing to train on the encoder side.
+    Pooled vectors (N, D) or spatial maps (N, C, h, w), kept in the cache's float16 (the
+    decoders cast each batch to float32): 6000 maps of 7x7x432 are 250 MB instead of 500."""
 
     def __init__(self, train_features: torch.Tensor, val_features: torch.Tensor, encoder_info: dict):
         self.train_features, self.val, self.encoder_info = train_features, val_features, encoder_info
-        self.feature_dim = train_features.shape[1]
+        self.feature_shape = tuple(train_features.shape[1:])
 
     def param_groups(self) -> list[dict]:
         return []
@@ -112,11 +121,17 @@ class CachedFeatures:
         return {"encoder": self.encoder_info}
 
 
-def validation_score(decoder: CaptionDecoder, features: torch.Tensor, references: list[list[str]],
+def banned_ids(vocab: Vocab) -> tuple[int, ...]:
+    """Tokens a caption must never contain: decoding masks them (no `<unk>` reaches a user)."""
+    return (vocab.pad_id, vocab.start_id, vocab.unk_id)
+
+
+def validation_score(decoder: torch.nn.Module, features: torch.Tensor, references: list[list[str]],
                      vocab: Vocab, cfg: TrainConfig, batch_size: int = 512) -> float:
     hyps = {}
     for lo in range(0, len(features), batch_size):
-        out = decode(decoder, features[lo: lo + batch_size], vocab.start_id, vocab.end_id, cfg.max_len)
+        out = decode(decoder, features[lo: lo + batch_size], vocab.start_id, vocab.end_id, cfg.max_len,
+                     banned_ids=banned_ids(vocab))
         for j, tokens in enumerate(out.tokens):
             hyps[str(lo + j)] = vocab.decode(tokens)
     refs = {str(i): r for i, r in enumerate(references)}
@@ -144,7 +159,7 @@ def fit(source: FeatureSource, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
     lengths = (tokens != vocab.pad_id).sum(1)
     n_val = cfg.val_max_images or len(val_rows)
     val_refs = list(val_rows["captions"].iloc[:n_val])
-    decoder = CaptionDecoder(source.feature_dim, len(vocab), cfg.decoder_config()).to(device)
+    decoder = build_decoder(cfg.decoder_config(), source.feature_shape, len(vocab)).to(device)
     groups = [{"params": list(decoder.parameters()), "lr": cfg.lr}, *source.param_groups()]
     trainable = [p for group in groups for p in group["params"]]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -159,6 +174,11 @@ def fit(source: FeatureSource, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
     logger.info("train: %d images, %d caption pairs, %d val images, vocab %d, device %s",
                 len(train_rows), len(pair_rows), len(val_refs), len(vocab), device)
 
+    def save(model: nn.Module, extra: dict) -> None:
+        save_checkpoint(out_path, decoder_state={k: v.cpu() for k, v in model.state_dict().items()},
+                        decoder=model.describe(), vocab=vocab.to_list(), config=asdict(cfg), extra=extra,
+                        **source.checkpoint_parts())
+
     best, best_epoch, history = -math.inf, -1, []
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.time()
@@ -172,7 +192,7 @@ def fit(source: FeatureSource, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
             caps = tokens[idx].to(device)
             caps = caps[:, : int((caps != vocab.pad_id).sum(1).max())]  # trim padding columns
             logits = decoder(feats, caps)
-            loss = loss_fn(logits.reshape(-1, logits.shape[-1]), caps[:, 1:].reshape(-1))
+            loss = loss_fn(logits.reshape(-1, logits.shape[-1]), caps[:, 1:].reshape(-1)) + decoder.aux_loss()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
@@ -192,12 +212,47 @@ def fit(source: FeatureSource, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
                     cfg.val_metric, score, record["epoch_seconds"])
         if score > best:
             best, best_epoch = score, epoch
-            save_checkpoint(
-                out_path, decoder_state={k: v.cpu() for k, v in decoder.state_dict().items()},
-                decoder=decoder.describe(), vocab=vocab.to_list(), config=asdict(cfg),
-                extra={"epoch": epoch, f"val_{cfg.val_metric}": score}, **source.checkpoint_parts())
+            save(decoder, {"epoch": epoch, f"val_{cfg.val_metric}": score})
         elif epoch - best_epoch >= cfg.patience:
             logger.info("early stop: no better val %s for %d epochs", cfg.val_metric, cfg.patience)
             break
-    return {"best_epoch": best_epoch, f"best_val_{cfg.val_metric}": best, "epochs_run": len(history),
-            "history": history}
+    summary = {"best_epoch": best_epoch, f"best_val_{cfg.val_metric}": best, "epochs_run": len(history),
+               "history": history, f"xe_best_val_{cfg.val_metric}": best}
+    if cfg.scst_epochs:
+        summary.update(self_critical(decoder, source, train_rows, val_refs, n_val, vocab, cfg, device,
+                                     save, log_metric, best, len(history), out_path))
+    return summary
+
+
+def self_critical(decoder: nn.Module, source: FeatureSource, train_rows: pd.DataFrame, val_refs: list,
+                  n_val: int, vocab: Vocab, cfg: TrainConfig, device: torch.device, save: Callable,
+                  log_metric: Callable[[dict], None], best: float, epochs_done: int, out_path: Path) -> dict:
+    """SCST epochs from the best cross-entropy checkpoint; a checkpoint is saved only when the
+    validation score beats every earlier epoch, so SCST can never make the kept model worse."""
+    if not isinstance(source, CachedFeatures):
+        raise ValueError("train.scst_epochs needs cached features: set train.finetune: false or train.scst_epochs: 0")
+    decoder.load_state_dict(load_checkpoint(out_path)["decoder_state"])
+    train_refs = reference_tokens(list(train_rows["captions"]), vocab)
+    scorer = CiderD(train_refs, end=vocab.end_id)  # document frequencies from the train references
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=cfg.scst_lr)
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    best_epoch, history = None, []
+    for epoch in range(epochs_done + 1, epochs_done + cfg.scst_epochs + 1):
+        t0 = time.time()
+        stats = scst_epoch(decoder, optimizer, source.train_features, train_refs, scorer,
+                           start_id=vocab.start_id, end_id=vocab.end_id, max_len=cfg.max_len - 1,
+                           n_samples=cfg.scst_samples, batch_size=cfg.scst_batch_size,
+                           banned_ids=banned_ids(vocab), generator=generator, grad_clip=cfg.grad_clip)
+        decoder.eval()
+        val_features, kept = source.val_features(n_val, device)
+        score = validation_score(decoder, val_features, [val_refs[i] for i in kept], vocab, cfg)
+        record = {"epoch": epoch, "scst_reward": stats["reward"], f"val_{cfg.val_metric}": score,
+                  "epoch_seconds": time.time() - t0, "train_seconds": stats["seconds"]}
+        history.append(record)
+        log_metric(record)
+        logger.info("scst epoch %d: reward %.3f, val %s %.4f (%.1fs)", epoch, stats["reward"], cfg.val_metric,
+                    score, record["epoch_seconds"])
+        if score > best:
+            best, best_epoch = score, epoch
+            save(decoder, {"epoch": epoch, f"val_{cfg.val_metric}": score, "scst": True})
+    return {f"best_val_{cfg.val_metric}": best, "scst_best_epoch": best_epoch, "scst_history": history}

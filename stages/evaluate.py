@@ -1,12 +1,13 @@
 """Stage `evaluate`: free-running captions for the test (and held-out `novel`) split, the COCO
-caption metrics into a small JSON kept in git, a per-image table and a caption sheet."""
+caption metrics (and, for the scenes, the grounded metric) into a small JSON kept in git, a
+per-image table and a caption sheet whose wrong words are marked."""
 from pathlib import Path
 
 from pipeline.captioner import Captioner
 from pipeline.config import load_section
-from pipeline.evaluate import EvaluateConfig, evaluate, write_json
+from pipeline.evaluate import EvaluateConfig, evaluate, sheet_items, write_json
 from pipeline.features import load_features
-from pipeline.manifest import RootGuard, read_manifest
+from pipeline.manifest import read_manifest
 from pipeline.report import caption_sheet
 from stages.common import parser, stage_main
 
@@ -22,15 +23,13 @@ def main() -> None:
     captioner = Captioner.from_checkpoint(args.model, beam_size=cfg.beam_size, max_len=cfg.max_len,
                                           length_penalty=cfg.length_penalty)
     # A fine-tuned checkpoint's features are not in the cache: evaluate encodes the images under root.
-    metrics, per_image, info = evaluate(captioner, manifest, load_features(args.features), cfg, image_root=root)
+    table = load_features(args.features, grid=captioner.spatial)  # spatial maps only for decoders that read them
+    metrics, per_image, info = evaluate(captioner, manifest, table, cfg, image_root=root)
     write_json(args.metrics, metrics)
     write_json(args.info, info)
     args.captions.parent.mkdir(parents=True, exist_ok=True)
     per_image.to_parquet(args.captions, index=False)
-    guard = RootGuard(root)
-    sheet = per_image[per_image.split == "test"].head(cfg.sheet_images)
-    caption_sheet([{"image_path": guard.join(r.path), "image_id": r.image_id, "generated": r.caption,
-                    "references": list(r.references), "score": r.cider} for r in sheet.itertuples()], args.sheet)
+    caption_sheet(sheet_items(per_image, manifest, root, cfg.sheet_images), args.sheet)
 
 
 if __name__ == "__main__":

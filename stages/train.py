@@ -1,4 +1,4 @@
-"""Stage `train`: fit the LSTM decoder on cached features (or end to end on images when
+"""Stage `train`: fit the decoder (train.decoder) on cached features (or end to end on images when
 `train.finetune` is on); DVCLive logs the curves, the best-validation checkpoint is kept."""
 from pathlib import Path
 
@@ -6,6 +6,7 @@ import torch
 from dvclive import Live
 
 from pipeline.config import load_section
+from pipeline.decoders import decoder_class
 from pipeline.encoders import EncoderConfig
 from pipeline.features import load_features
 from pipeline.finetune import finetune
@@ -27,7 +28,11 @@ def main() -> None:
     cfg = load_section(args.params, "train", TrainConfig)
     encoder_cfg = load_section(args.params, "encoder", EncoderConfig)  # the checkpoint records it
     manifest, root = read_manifest(args.manifest)
-    table = load_features(args.features)
+    spatial = decoder_class(cfg.decoder).spatial  # attention/transformer read the spatial maps
+    if spatial and cfg.finetune:
+        raise ValueError(f"train.finetune trains through pooled features only; train.decoder "
+                         f"{cfg.decoder!r} needs spatial maps: set train.finetune: false or train.decoder: show_tell")
+    table = load_features(args.features, grid=spatial)
     have = set(table.ids)
     manifest = manifest[manifest.image_id.isin(have)]  # images the encoder could not read are skipped
     rows = {s: manifest[manifest.split == s].reset_index(drop=True) for s in ("train", "val")}
@@ -41,8 +46,11 @@ def main() -> None:
         if cfg.finetune:  # images through the encoder being trained; the cache only lists readable images
             summary = finetune(rows["train"], rows["val"], root, vocab, cfg, encoder_cfg, args.out, log_metric=log)
         else:
-            feats = {s: torch.from_numpy(table.lookup(list(r.image_id))) for s, r in rows.items()}
-            encoder_info = {k: table.meta[k] for k in ("name", "weights", "fingerprint", "preprocess", "feature_dim")}
+            feats = {s: torch.from_numpy(table.lookup(list(r.image_id), spatial=spatial)) for s, r in rows.items()}
+            # The checkpoint records what made its features, so the Captioner can rebuild them exactly.
+            keys = ("name", "weights", "fingerprint", "preprocess", "feature_dim", "grid_shape", "spatial",
+                    "precision", "device_type", "code_version", "features_id")
+            encoder_info = {k: table.meta.get(k) for k in keys}
             summary = train(rows["train"], feats["train"], rows["val"], feats["val"], vocab,
                             cfg, args.out, encoder_info, log_metric=log)
         live.summary.update({k: v for k, v in summary.items() if k != "history"})

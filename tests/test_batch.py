@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import json
 import os
 import struct
 import tempfile
@@ -68,7 +70,9 @@ def test_schema_rows_and_listing(checkpoint, tmp_path):
         assert row["mean_logprob"] < 0
         assert row["content_hash"] == sha256(images / path)
         assert row["model_id"] == model_id and row["path_escaped"] is False
-    assert summary["captioned"] == 3 and summary["failed"] == 0 and summary["skipped"] == 0
+        assert json.loads(row["settings"]) == {"beam_size": 2, "max_len": 5, "length_penalty": 0.7, "precision": "fp32"}
+    assert summary["captioned"] == 3 and summary["failed"] == 0 and summary["reused"] == 0
+    assert summary["new"] == 3 and summary["listing_incomplete"] is False
     assert not parts_dir_for(out).exists()  # work dir removed once OUT holds every row
 
     flat = [f.key for f in list_images(images, ["*.jpg", "*.png", "*.webp"], recursive=False)]
@@ -169,8 +173,9 @@ def test_rerun_skips_captioned_files_and_recaptions_changed_ones(checkpoint, tmp
     (images / "5.png").unlink()
     second = caption_directory(images, out, checkpoint, cfg)
     after = read(out)
-    assert (first["captioned"], first["failed"]) == (7, 1)
-    assert (second["captioned"], second["skipped"], second["failed"]) == (2, 5, 1)  # errors are retried
+    assert (first["captioned"], first["errors"], first["failed"]) == (7, 1, 1)
+    assert (second["captioned"], second["reused"], second["failed"]) == (2, 5, 1)
+    assert (second["new"], second["recaptioned_content"], second["retried"]) == (1, 1, 1)  # errors are retried
     assert set(after) == {"0.png", "1.png", "2.png", "3.png", "4.png", "6.png", "new.png", "bad.png"}
     for path in ("0.png", "1.png", "2.png", "4.png", "6.png"):
         assert after[path] == before[path]
@@ -178,7 +183,8 @@ def test_rerun_skips_captioned_files_and_recaptions_changed_ones(checkpoint, tmp
 
     other_model = make_checkpoint(tmp_path / "other.pt", seed=1)
     third = caption_directory(images, out, other_model, cfg)
-    assert third["skipped"] == 0 and third["captioned"] == 7  # another model's captions are not reused
+    assert third["reused"] == 0 and third["captioned"] == 7  # another model's captions are not reused
+    assert third["recaptioned_settings"] == 7
     assert {r["model_id"] for r in read(out).values()} == {Captioner.from_checkpoint(other_model).model_id}
 
 
@@ -194,3 +200,75 @@ def test_usage_errors(checkpoint, tmp_path):
     assert not parts_dir_for(foreign).exists()  # nothing left behind by a refused run
     with pytest.raises(ValueError, match="batch_size"):
         CaptionConfig(batch_size=0)
+
+
+GREEDY_SHORT = {"beam_size": 1, "max_len": 2, "length_penalty": 0.7, "precision": "fp32"}
+
+
+def test_changed_decoding_settings_recaption_and_each_row_names_its_settings(checkpoint, tmp_path):
+    images = tmp_path / "images"
+    paths = [make_image(images / f"{i}.png", i) for i in range(3)]
+    out = tmp_path / "out.parquet"
+    caption_directory(images, out, checkpoint, CaptionConfig(**CFG))  # beam 2, up to 5 words
+    assert any(len(r["caption"].split()) > 2 for r in read(out).values())  # so max_len 2 must change them
+    greedy = CaptionConfig(**{**CFG, "beam_size": 1, "max_len": 2})
+    summary = caption_directory(images, out, checkpoint, greedy)
+    rows = read(out)
+    want = Captioner.from_checkpoint(checkpoint, beam_size=1, max_len=2).caption_batch(paths)
+    assert {r["path"]: r["caption"] for r in rows.values()} == {p.name: w.caption for p, w in zip(paths, want)}
+    assert all(json.loads(r["settings"]) == GREEDY_SHORT for r in rows.values())
+    assert (summary["reused"], summary["recaptioned_settings"], summary["new"]) == (0, 3, 0)
+    again = caption_directory(images, out, checkpoint, greedy)
+    assert (again["reused"], again["captioned"]) == (3, 0)
+    penalty = caption_directory(images, out, checkpoint, CaptionConfig(**{**CFG, "length_penalty": 0.0}))
+    assert (penalty["reused"], penalty["recaptioned_settings"]) == (0, 3)
+
+
+def test_output_of_an_older_version_is_recaptioned_not_refused(checkpoint, tmp_path):
+    images = tmp_path / "images"
+    for i in range(2):
+        make_image(images / f"{i}.png", i)
+    out = tmp_path / "out.parquet"
+    caption_directory(images, out, checkpoint, CaptionConfig(**CFG))
+    pq.write_table(pq.read_table(out).drop(["settings"]), out)  # rows that do not say their settings
+    summary = caption_directory(images, out, checkpoint, CaptionConfig(**CFG))
+    assert (summary["reused"], summary["recaptioned_settings"]) == (0, 2)
+    assert pq.read_table(out).schema.equals(SCHEMA, check_metadata=False)
+    assert all(r["settings"] for r in read(out).values())
+
+
+def deny_listing(monkeypatch, directory: Path, times: int | None = 1) -> None:
+    """os.scandir(directory) raises EACCES `times` times (None: always), as on a flaky NFS mount."""
+    real, left = os.scandir, [times]
+
+    def scandir(path="."):
+        named = not isinstance(path, int) and os.fspath(path) == str(directory)  # shutil passes fds
+        if named and (left[0] is None or left[0] > 0):
+            if left[0] is not None:
+                left[0] -= 1
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_a_directory_that_cannot_be_listed_keeps_its_finished_rows(checkpoint, tmp_path, monkeypatch):
+    images = tmp_path / "images"
+    for i, name in enumerate(("a.png", "b.png", "sub/c.png", "sub/d.png", "sub/e.png")):
+        make_image(images / name, i)
+    out = tmp_path / "out.parquet"
+    caption_directory(images, out, checkpoint, CaptionConfig(**CFG))
+    before = read(out)
+    (images / "b.png").unlink()  # really gone: its row goes
+    (images / "sub" / "d.png").unlink()  # gone too: sub/ is listable again by the merge, so it can tell
+    deny_listing(monkeypatch, images / "sub")
+    summary = caption_directory(images, out, checkpoint, CaptionConfig(**CFG))
+    after = read(out)
+    assert set(after) == {"a.png", "sub/c.png", "sub/e.png"}
+    assert after["sub/c.png"] == before["sub/c.png"] and after["a.png"] == before["a.png"]
+    assert summary["listing_incomplete"] is True and summary["unlisted_dirs"] == [str(images / "sub")]
+    assert (summary["kept_unlisted"], summary["rows"]) == (2, 3)
+
+    (images / "sub" / "e.png").unlink()
+    deny_listing(monkeypatch, images / "sub", times=None)  # still failing at the merge: cannot tell
+    summary = caption_directory(images, out, checkpoint, CaptionConfig(**CFG))
+    assert set(read(out)) == {"a.png", "sub/c.png", "sub/e.png"} and summary["kept_unlisted"] == 2

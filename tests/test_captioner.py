@@ -20,11 +20,14 @@ from pipeline.vocab import Vocab
 WORDS = ["a", "red", "blue", "circle", "square", "on", "the", "left", "right"]
 
 
-def make_checkpoint(path: Path, seed: int = 0, vocab_size: int | None = None, image_size: int = 0) -> Path:
+def make_checkpoint(path: Path, seed: int = 0, vocab_size: int | None = None, image_size: int = 0,
+                    weights: str = "none", precision: str | None = None, finetuned: bool = False) -> Path:
     """A checkpoint in the train stage's format. Random weights, but calibrated so that captions
     are a few real words that differ between images: the image BatchNorm standardises the
-    (nearly identical) random-encoder features of a few images, special tokens are unlikely."""
-    encoder = build_encoder(EncoderConfig("efficientnet_lite0", "none", image_size=image_size))
+    (nearly identical) random-encoder features of a few images, special tokens are unlikely.
+    `precision` is recorded as the features stage records it; `finetuned` stores the encoder's
+    weights and fingerprint the way pipeline.finetune does."""
+    encoder = build_encoder(EncoderConfig("efficientnet_lite0", weights, image_size=image_size))
     vocab = Vocab(WORDS)
     torch.manual_seed(seed)
     decoder = CaptionDecoder(encoder.feature_dim, len(vocab), DecoderConfig(embed_size=8, hidden_size=16, dropout=0.0))
@@ -40,10 +43,18 @@ def make_checkpoint(path: Path, seed: int = 0, vocab_size: int | None = None, im
     describe = decoder.describe()
     if vocab_size is not None:
         describe["vocab_size"] = vocab_size
+    info = {"name": encoder.name, "weights": weights, "fingerprint": encoder.fingerprint,
+            "preprocess": encoder.preprocess.to_dict(), "feature_dim": encoder.feature_dim}
+    if precision is not None:
+        info["precision"] = precision
+    encoder_state = None
+    if finetuned:
+        from pipeline.hashing import state_digest
+        encoder_state = encoder.encoder_state_dict()
+        info.update(fingerprint=f"{encoder.fingerprint}+finetuned-{state_digest(encoder_state)}",
+                    base_fingerprint=encoder.fingerprint, unfreeze_blocks=2)
     save_checkpoint(path, decoder_state=decoder.state_dict(), decoder=describe, vocab=vocab.to_list(),
-                    encoder={"name": encoder.name, "weights": "none", "fingerprint": encoder.fingerprint,
-                             "preprocess": encoder.preprocess.to_dict(), "feature_dim": encoder.feature_dim},
-                    config={"seed": seed})
+                    encoder=info, config={"seed": seed}, encoder_state=encoder_state)
     return path
 
 
@@ -143,3 +154,126 @@ def test_captioner_encodes_at_the_checkpoints_image_size(tmp_path):
     tensor, _ = load_image_tensor(image, captioner.preprocess)
     assert tensor.shape == (3, 96, 96)
     assert captioner.generate_caption(image) == captioner.caption_batch([image])[0].caption
+
+
+def weights_file(path: Path) -> Path:
+    """A local encoder state-dict file (encoder.weights: <path>), as a user would point to."""
+    torch.save(build_encoder(EncoderConfig("efficientnet_lite0", "none")).encoder_state_dict(), path)
+    return path
+
+
+def replace_weights(path: Path) -> None:
+    """What replacing the weights file (or upgrading the weights package) does: other numbers."""
+    state = torch.load(path, weights_only=True)
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first] = state[first] + 0.5
+    torch.save(state, path)
+
+
+def test_rebuilt_encoder_is_verified_against_the_checkpoints_fingerprint(tmp_path):
+    weights = weights_file(tmp_path / "encoder.pt")
+    model = make_checkpoint(tmp_path / "m.pt", weights=str(weights))
+    recorded = load_checkpoint(model)["encoder"]["fingerprint"]
+    trusted = Captioner.from_checkpoint(model)  # the encoder is the one it was trained with
+    replace_weights(weights)
+    actual = build_encoder(EncoderConfig("efficientnet_lite0", str(weights))).fingerprint
+    assert actual != recorded
+    with pytest.raises(CheckpointMismatchError) as refused:
+        Captioner.from_checkpoint(model)
+    message = str(refused.value)
+    assert recorded in message and actual in message
+    assert "allow_encoder_mismatch=True" in message and "--allow-encoder-mismatch" in message
+    overridden = Captioner.from_checkpoint(model, allow_encoder_mismatch=True)
+    # Resume keys on model_id: captions of the changed encoder must never pass for the old ones.
+    assert overridden.model_id != trusted.model_id and actual in overridden.model_id
+    assert (trusted.encoder_fingerprint, overridden.encoder_fingerprint) == (recorded, actual)
+
+
+def test_finetuned_checkpoint_is_verified_by_the_weights_it_carries(tmp_path):
+    weights = weights_file(tmp_path / "encoder.pt")
+    model = make_checkpoint(tmp_path / "ft.pt", weights=str(weights), finetuned=True)
+    image = make_image(tmp_path / "x.png", seed=2)
+    before = Captioner.from_checkpoint(model)
+    # Every encoder weight comes from the checkpoint, so a changed base file changes nothing.
+    replace_weights(weights)
+    after = Captioner.from_checkpoint(model)
+    assert after.model_id == before.model_id
+    assert after.generate_caption(image) == before.generate_caption(image)
+    tampered = load_checkpoint(model)
+    name = next(k for k, v in tampered["encoder_state"].items() if v.is_floating_point())
+    tampered["encoder_state"][name] = tampered["encoder_state"][name] + 0.5
+    with pytest.raises(CheckpointMismatchError, match="finetuned-"):
+        Captioner(tampered)
+    assert Captioner(tampered, allow_encoder_mismatch=True).model_id != before.model_id
+
+
+def test_encoder_runs_at_the_precision_its_features_were_made_with(checkpoint, tmp_path):
+    fp32 = Captioner.from_checkpoint(checkpoint)  # no precision recorded (older checkpoint): fp32 on CPU
+    bf16 = Captioner.from_checkpoint(make_checkpoint(tmp_path / "bf16.pt", precision="bf16"))
+    images = torch.stack([load_image_tensor(make_image(tmp_path / f"{i}.png", seed=i), fp32.preprocess)[0]
+                          for i in range(2)]).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = bf16.encoder(images).half().float()
+    with torch.inference_mode():
+        exact = fp32.encoder(images).half().float()
+    assert (autocast - exact).abs().max() > 1e-3  # the two precisions give visibly different features
+    assert torch.equal(bf16.encode(images), autocast)
+    assert torch.equal(fp32.encode(images), exact)
+    assert (bf16.settings["precision"], fp32.settings["precision"]) == ("bf16", "fp32")
+    with pytest.raises(CheckpointMismatchError, match="precision"):
+        Captioner.from_checkpoint(make_checkpoint(tmp_path / "odd.pt", precision="fp8"))
+
+
+def test_settings_name_every_decoding_choice(checkpoint):
+    captioner = Captioner.from_checkpoint(checkpoint, beam_size=4, max_len=7, length_penalty=1)
+    assert captioner.settings == {"beam_size": 4, "max_len": 7, "length_penalty": 1.0, "precision": "fp32"}
+
+
+@pytest.mark.parametrize("decoder_name", ["attention", "transformer"])
+def test_spatial_decoder_captions_images_as_from_the_features_cache(tmp_path, decoder_name):
+    """A spatial decoder's checkpoint rebuilds the same spatial level the features stage stored:
+    captions from image files equal captions from the cached maps, and no <unk> is emitted."""
+    from pipeline.decoders import DecoderConfig as Config, build_decoder
+    from pipeline.features import FeaturesConfig, extract_features, load_features
+    images = [make_image(tmp_path / f"{i}.png", seed=i) for i in range(3)]
+    extract_features([(p.stem, p) for p in images], EncoderConfig("efficientnet_lite0", "none"),
+                     FeaturesConfig(batch_size=3, num_workers=0, device="cpu", spatial="s16+s32"),
+                     tmp_path / "f.parquet", tmp_path / "err.json")
+    table = load_features(tmp_path / "f.parquet", grid=True)
+    vocab = Vocab(WORDS)
+    torch.manual_seed(0)
+    decoder = build_decoder(Config(decoder=decoder_name, embed_size=16, hidden_size=32, attention_dim=16, heads=4,
+                                   dropout=0.0), tuple(table.meta["grid_shape"]), len(vocab))
+    with torch.no_grad():
+        decoder.head.bias[vocab.unk_id] = 50.0  # the model would say <unk> everywhere if it could
+    meta = table.meta
+    info = {k: meta[k] for k in ("name", "weights", "fingerprint", "preprocess", "feature_dim", "grid_shape",
+                                 "spatial", "precision", "features_id")}
+    save_checkpoint(tmp_path / "m.pt", decoder_state=decoder.state_dict(), decoder=decoder.describe(),
+                    vocab=vocab.to_list(), encoder=info, config={})
+    captioner = Captioner.from_checkpoint(tmp_path / "m.pt", beam_size=2, max_len=6)
+    assert captioner.spatial
+    from_files = [captioner.generate_caption(p) for p in images]
+    cached = torch.from_numpy(table.lookup([p.stem for p in images], spatial=True))
+    from_cache = [vocab.decode(t) for t in captioner.decode_features(cached).tokens]
+    assert from_files == from_cache
+    assert all("<unk>" not in c for c in from_files)
+
+
+def test_spatial_checkpoint_without_a_recorded_level_is_refused(tmp_path):
+    from pipeline.decoders import DecoderConfig as Config, build_decoder
+    encoder = build_encoder(EncoderConfig("efficientnet_lite0", "none"))
+    vocab = Vocab(WORDS)
+    decoder = build_decoder(Config(decoder="attention", embed_size=8, hidden_size=16, attention_dim=8),
+                            (432, 7, 7), len(vocab))
+    info = {"name": encoder.name, "weights": "none", "fingerprint": encoder.fingerprint,
+            "preprocess": encoder.preprocess.to_dict(), "feature_dim": encoder.feature_dim}
+    save_checkpoint(tmp_path / "m.pt", decoder_state=decoder.state_dict(), decoder=decoder.describe(),
+                    vocab=vocab.to_list(), encoder=info, config={})
+    with pytest.raises(CheckpointMismatchError, match="spatial"):
+        Captioner.from_checkpoint(tmp_path / "m.pt")
+    spec = {**decoder.describe(), "decoder": "lstm9000"}
+    save_checkpoint(tmp_path / "u.pt", decoder_state=decoder.state_dict(), decoder=spec,
+                    vocab=vocab.to_list(), encoder=info, config={})
+    with pytest.raises(CheckpointMismatchError, match="train.decoder"):
+        Captioner.from_checkpoint(tmp_path / "u.pt")

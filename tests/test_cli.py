@@ -15,10 +15,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from pipeline import cli
 from pipeline.caption_store import parts_dir_for
 from pipeline.captioner import Captioner
 from pipeline.cli import EXIT_SOME_FAILED, EXIT_USAGE, app
-from test_captioner import make_checkpoint, make_image
+from test_batch import deny_listing
+from test_captioner import make_checkpoint, make_image, replace_weights, weights_file
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--threads", "1", "--workers", "0", "--batch-size", "4", "--beam-size", "2", "--max-len", "5"]
@@ -46,13 +48,13 @@ def test_exit_codes_and_messages(checkpoint, tmp_path):
         make_image(images / f"{i}.jpg", i)
     ok = invoke(images, tmp_path / "ok.parquet", "--model", checkpoint, *FAST)
     assert ok.exit_code == 0, ok.output
-    assert "3 captioned, 0 skipped (already captioned), 0 failed" in ok.output
+    assert "3 captioned, 0 failed, 0 reused" in ok.output and "3 new" in ok.output
     assert pq.read_table(tmp_path / "ok.parquet").num_rows == 3
 
     (images / "broken.jpg").write_bytes(b"\xff\xd8\xff")
     some_failed = invoke(images, tmp_path / "ok.parquet", "--model", checkpoint, *FAST)
     assert some_failed.exit_code == EXIT_SOME_FAILED == 3
-    assert "0 captioned, 3 skipped (already captioned), 1 failed" in some_failed.output
+    assert "0 captioned, 1 failed, 3 reused" in some_failed.output
     assert pq.read_table(tmp_path / "ok.parquet").num_rows == 4  # the failure has its row
 
     missing_dir = invoke(tmp_path / "nope", tmp_path / "x.parquet", "--model", checkpoint, *FAST)
@@ -69,10 +71,11 @@ def test_exit_codes_and_messages(checkpoint, tmp_path):
 def test_help_lists_every_option_with_its_default():
     text = invoke("--help").output
     for option, default in [("--model", "models/model.pt"), ("--device", "auto"), ("--batch-size", "32"),
-                            ("--workers", "2"), ("--beam-size", "3"), ("--max-len", "20"),
+                            ("--workers", "2"), ("--beam-size", "3"), ("--max-len", "20"), ("--length-penalty", "0.7"),
+                            ("--allow-encoder-mismatch", "--allow-encoder-mismatch"),
                             ("--recursive", "recursive"), ("--pattern", "*.jpg")]:
         assert option in text and default in text, option
-    assert "Exit codes" in text
+    assert "Exit codes" in text and "4 listing incomplete" in " ".join(text.split())
 
 
 def slow_cli(argv: list[str]) -> None:
@@ -118,14 +121,43 @@ def test_sigkilled_run_resumes_to_the_same_rows(checkpoint, tmp_path):
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
     log = resumed.stdout
     assert resumed.returncode == 3, log  # zero.jpg failed
-    assert f"{16 - ok_before_kill} captioned, {ok_before_kill} skipped (already captioned), 1 failed" in log
+    assert f"{16 - ok_before_kill} captioned, 1 failed, {ok_before_kill} reused" in log
     assert not parts.exists()  # the work dir goes once OUT holds every row
 
     assert invoke(images, tmp_path / "reference.parquet", *args).exit_code == 3  # one uninterrupted run
     got, want = comparable(out), comparable(tmp_path / "reference.parquet")
     assert set(got) == set(want) and len(got) == 17
     for path, row in want.items():
-        for column in ("caption", "status", "error", "width", "height", "content_hash", "model_id"):
+        for column in ("caption", "status", "error", "width", "height", "content_hash", "model_id", "settings"):
             assert got[path][column] == row[column], (path, column)
         if row["mean_logprob"] is not None:
             assert got[path]["mean_logprob"] == pytest.approx(row["mean_logprob"], abs=1e-4)
+
+
+def test_unlistable_directory_exits_4_and_keeps_its_rows(checkpoint, tmp_path, monkeypatch):
+    images = tmp_path / "images"
+    for i, name in enumerate(("a.jpg", "sub/b.jpg", "sub/c.jpg")):
+        make_image(images / name, i)
+    out = tmp_path / "out.parquet"
+    assert invoke(images, out, "--model", checkpoint, *FAST).exit_code == 0
+    deny_listing(monkeypatch, images / "sub")
+    result = invoke(images, out, "--model", checkpoint, *FAST)
+    assert result.exit_code == 4, result.output
+    assert cli.EXIT_LISTING_INCOMPLETE == 4
+    assert "listing incomplete" in result.output and str(images / "sub") in result.output
+    assert sorted(pq.read_table(out).column("path").to_pylist()) == ["a.jpg", "sub/b.jpg", "sub/c.jpg"]
+
+
+def test_encoder_mismatch_is_a_usage_error_unless_allowed(tmp_path):
+    images = tmp_path / "images"
+    make_image(images / "a.jpg", 0)
+    weights = weights_file(tmp_path / "encoder.pt")
+    model = make_checkpoint(tmp_path / "m.pt", weights=str(weights))
+    replace_weights(weights)
+    refused = invoke(images, tmp_path / "x.parquet", "--model", model, *FAST)
+    assert refused.exit_code == EXIT_USAGE and "--allow-encoder-mismatch" in refused.output
+    assert not (tmp_path / "x.parquet").exists()
+    allowed = invoke(images, tmp_path / "x.parquet", "--model", model, *FAST, "--allow-encoder-mismatch")
+    assert allowed.exit_code == 0, allowed.output
+    row = pq.read_table(tmp_path / "x.parquet").to_pylist()[0]
+    assert "+encoder-" in row["model_id"] and row["status"] == "ok"

@@ -97,7 +97,7 @@ def test_bad_images_go_to_errors_file_and_the_rest_is_written(tmp_path, items):
 
 
 def test_grid_column_and_metadata(tmp_path, items):
-    cfg = FeaturesConfig(batch_size=4, num_workers=0, device="cpu", grid=True)
+    cfg = FeaturesConfig(batch_size=4, num_workers=0, device="cpu", spatial="head")
     run(tmp_path, items[:3], cfg=cfg)
     table = load_features(tmp_path / "features.parquet", grid=True)
     assert table.features.shape == (3, 1280) and table.features.dtype == np.float32
@@ -110,6 +110,56 @@ def test_grid_column_and_metadata(tmp_path, items):
     assert Preprocess.from_dict(table.meta["preprocess"]).size == 224
     order = ["im2", "im0"]
     np.testing.assert_array_equal(table.lookup(order), table.features[[table.ids.index(i) for i in order]])
+    np.testing.assert_array_equal(table.lookup(order, spatial=True), table.grid[[table.ids.index(i) for i in order]])
+
+
+@pytest.mark.parametrize("level, shape", [("s16", [112, 14, 14]), ("s32", [320, 7, 7]), ("s16+s32", [432, 7, 7])])
+def test_spatial_levels_of_lite0(tmp_path, items, level, shape):
+    run(tmp_path, items[:2], cfg=FeaturesConfig(batch_size=2, num_workers=0, device="cpu", spatial=level))
+    table = load_features(tmp_path / "features.parquet", grid=True)
+    assert table.meta["grid_shape"] == shape and table.meta["spatial"] == level
+    assert table.grid.shape == (2, *shape) and table.grid.dtype == np.float16
+    assert np.isfinite(table.grid).all() and table.grid.astype(np.float32).std() > 0
+    # the pooled head vector is stored as before, whatever the spatial level
+    plain = run(tmp_path, items[:2], name="plain")
+    assert plain["n_encoded"] == 2
+    np.testing.assert_array_equal(load_features(tmp_path / "plain.parquet").features, table.features)
+
+
+def test_spatial_map_missing_is_a_clear_error(tmp_path, items):
+    run(tmp_path, items[:1])
+    with pytest.raises(ValueError, match="features.spatial"):
+        load_features(tmp_path / "features.parquet", grid=True)
+    with pytest.raises(ValueError, match="features.spatial"):
+        FeaturesConfig(spatial="block7")
+
+
+def test_other_precision_or_code_version_reencodes(tmp_path, items, forward_count, monkeypatch):
+    """Issue 11, defect 2: an fp32 cache must not be reused for a bf16 run (nor after the
+    feature code changes); the identity of what made the rows is in the file's metadata."""
+    run(tmp_path, items[:3])
+    forward_count.clear()
+    bf16 = run(tmp_path, items[:3], cfg=FeaturesConfig(batch_size=4, num_workers=0, device="cpu", precision="bf16"))
+    assert (bf16["n_encoded"], bf16["n_reused"], sum(forward_count)) == (3, 0, 3)
+    meta = load_features(tmp_path / "features.parquet").meta
+    assert (meta["precision"], meta["device_type"]) == ("bf16", "cpu")
+    again = run(tmp_path, items[:3], cfg=FeaturesConfig(batch_size=4, num_workers=0, device="cpu", precision="bf16"))
+    assert (again["n_encoded"], again["n_reused"]) == (0, 3)
+    monkeypatch.setattr("pipeline.features.FEATURES_CODE_VERSION", 999)
+    bumped = run(tmp_path, items[:3], cfg=FeaturesConfig(batch_size=4, num_workers=0, device="cpu", precision="bf16"))
+    assert (bumped["n_encoded"], bumped["n_reused"]) == (3, 0)
+
+
+def test_identical_images_do_not_multiply_rows(tmp_path, items):
+    """Issue 11, defect 5: two byte-identical files used to grow 3 -> 5 -> 9 -> 17 rows."""
+    twin = tmp_path / "img" / "twin.jpg"
+    twin.write_bytes(items[0][1].read_bytes())
+    batch = items[:2] + [("twin", twin)]
+    for _ in range(4):
+        stats = run(tmp_path, batch)
+        table = load_features(tmp_path / "features.parquet")
+        assert sorted(table.ids) == ["im0", "im1", "twin"] and stats["n_rows"] == 3
+    np.testing.assert_array_equal(table.lookup(["twin"]), table.lookup(["im0"]))
 
 
 def test_duplicate_ids_and_bad_config_are_refused(tmp_path, items):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import subprocess
 from pathlib import Path
 
 import nltk
@@ -187,3 +188,57 @@ def test_diversity_on_hand_made_captions():
     assert "novel_caption_share" not in metrics.diversity(hyps)
     same_everywhere = metrics.diversity({str(i): "a man" for i in range(10)})
     assert same_everywhere["distinct_caption_share"] == pytest.approx(0.1)
+
+
+def _require_java() -> None:
+    # CI installs Java with `make setup`; without it the reference path would go untested.
+    if not metrics.java_available():
+        pytest.fail("java not found: run `make setup` (apt-get install -y default-jre-headless) to test the PTB path")
+
+
+# Every character that the jar or Python's str.splitlines() treats as a line break.
+LINE_BREAKS = ("\r", "\n", "\r\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+
+
+def test_java_tokenizer_keeps_one_line_per_sentence_despite_line_breaks():
+    _require_java()
+    assert metrics.ptb_tokenize_java(["a dog\rruns", "a cat", "x"]) == ["a dog runs", "a cat", "x"]
+    sentences = ["a dog\u2028runs", "a cat", "x"] + [f"a dog{b}runs" for b in LINE_BREAKS] + ["last"]
+    expected = ["a dog runs", "a cat", "x"] + ["a dog runs"] * len(LINE_BREAKS) + ["last"]
+    assert metrics.ptb_tokenize_java(sentences) == expected
+
+
+def test_python_tokenizer_treats_line_breaks_as_spaces():
+    assert [metrics.ptb_like_tokenize(s) for s in ["a dog\rruns", "a cat", "x"]] == ["a dog runs", "a cat", "x"]
+    assert all(metrics.ptb_like_tokenize(f"a dog{b}runs") == "a dog runs" for b in LINE_BREAKS)
+    refs = {"1": ["a brown dog runs on the grass"], "2": ["a cat"]}
+    report = metrics.score_captions(refs, {"1": "a brown dog\u2028runs on\rthe grass", "2": "a cat"}, backend="python")
+    assert report.per_image["1"]["bleu_4"] == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("stdout", [b"a\nb\n", b"a\nb\nc\nd\n", b"a\nb\nc"],
+                         ids=["too-few", "too-many", "unterminated"])
+def test_java_tokenizer_output_line_count_must_match(monkeypatch, stdout):
+    def fake_run(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 0, stdout=stdout, stderr=b"")
+    monkeypatch.setattr(metrics.subprocess, "run", fake_run)
+    with pytest.raises(RuntimeError, match="3 sentences.*evaluate.backend"):
+        metrics.ptb_tokenize_java(["a", "b", "c"])
+
+
+# Contractions and colloquial forms the Stanford PTBTokenizer splits, with the
+# punctuation the metrics keep; the last sentence also guards the jar's end-of-file quirk.
+TRICKY = [
+    "I cannot go, Cannot CANNOT", "we're gonna win, gotta go, wanna eat!", "Gimme that, lemme see.",
+    "d'ye know 'tis true? 'Twas brillig", "more'n enough, rock 'n' roll", "'Tis the season; 'twasn't",
+    "he's she'll they've I'm you'd can't won't isn't", "DON'T couldn't've there'd",
+    "100% of $5 & a&b AT&T", "a [big] {red} (ball)", "gonna-be wannabe cannot's 'cannot'",
+    "a*b x=y a~b a^b a|b", "the '90s 'em 'cause fish'n'chips x'tis", "you've",
+]
+
+
+def test_python_tokenizer_agrees_with_java_on_contractions_and_symbols():
+    _require_java()
+    assert [metrics.ptb_like_tokenize(s) for s in TRICKY] == metrics.ptb_tokenize_java(TRICKY)
+    assert metrics.ptb_like_tokenize("I cannot, we're gonna") == "i can not we 're gon na"
+    assert metrics.ptb_like_tokenize("'Tis more'n 50% (red)") == "'t is more 'n 50 % -lrb- red -rrb-"

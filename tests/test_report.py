@@ -73,3 +73,38 @@ def test_bad_items_are_rejected(tmp_path):
     item = _items(tmp_path, 1)[0] | {"image_path": tmp_path / "missing.png"}
     with pytest.raises(FileNotFoundError, match="missing.png"):
         report.caption_sheet([item], tmp_path / "x.png")
+
+
+def _red_text_pixels(png: Path) -> int:
+    pixels = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    text_band = pixels[int(report.IMAGE_HEIGHT_IN * report.DPI) + 5:]  # below the (red) test images
+    r, g, b = text_band[..., 0], text_band[..., 1], text_band[..., 2]
+    return int(((r > 150) & (g < 90) & (b < 90)).sum())
+
+
+def test_wrong_words_are_bracketed_and_red(tmp_path):
+    items = _items(tmp_path, 2)
+    plain = report.caption_sheet(items, tmp_path / "plain.png", columns=2)
+    assert _red_text_pixels(plain) == 0
+    items[1]["wrong"] = [1, 3, 4]  # "red", "number", "1" in "a red square number 1 on its own"
+    marked = report.caption_sheet(items, tmp_path / "marked.png", columns=2)
+    assert _red_text_pixels(marked) > 50
+    pixels = np.asarray(Image.open(marked).convert("RGB")).astype(int)
+    first_cell = pixels[int(report.IMAGE_HEIGHT_IN * report.DPI) + 5:, : int(report.CELL_WIDTH_IN * report.DPI)]
+    r, g, b = first_cell[..., 0], first_cell[..., 1], first_cell[..., 2]
+    assert ((r > 150) & (g < 90) & (b < 90)).sum() == 0  # only the item with wrong words is marked
+    assert report._bracket(3, "number", {1, 3, 4}) == "[number" and report._bracket(4, "1", {1, 3, 4}) == "1]"
+    assert report._bracket(1, "red", {1, 3, 4}) == "[red]" and report._bracket(2, "square", {1, 3, 4}) == "square"
+
+
+def test_marked_caption_keeps_its_lines_and_cut(tmp_path):
+    item = _items(tmp_path, 1)[0] | {"generated": "word " * 60 + "end", "wrong": list(range(0, 61, 2))}
+    out = report.caption_sheet([item], tmp_path / "long.png")
+    pixels = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    # Marks stay inside the cell's width, on at most MAX_CAPTION_LINES lines.
+    red = (pixels[..., 0] > 150) & (pixels[..., 1] < 90) & (pixels[..., 2] < 90)
+    red[: int(report.IMAGE_HEIGHT_IN * report.DPI) + 5] = False
+    rows = np.flatnonzero(red.any(axis=1))
+    assert np.flatnonzero(red.any(axis=0)).max() < report.CELL_WIDTH_IN * report.DPI
+    line_px = report.FONT_SIZE * 1.35 / 72 * report.DPI
+    assert rows.max() - rows.min() < report.MAX_CAPTION_LINES * line_px

@@ -82,3 +82,40 @@ def test_training_without_validation_images_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="val_fraction"):
         train(rows, feats, rows.iloc[:0], feats[:0], vocab, TrainConfig(epochs=1, device="cpu"),
               tmp_path / "m.pt", {"name": "synthetic"})
+
+
+def spatial(n: int, seed: int) -> tuple[pd.DataFrame, torch.Tensor]:
+    """The same task as `synthetic`, but colour and shape sit in different cells of a 2x2 map."""
+    rows, flat = synthetic(n, seed)
+    maps = torch.randn(n, 16, 2, 2, generator=torch.Generator().manual_seed(seed + 7)) * 0.1
+    maps[:, :, 0, 0] += flat[:, :16]  # colour one-hot lives in cell (0, 0)
+    maps[:, :, 1, 1] += flat[:, 8:24]  # shape one-hot in cell (1, 1)
+    return rows, maps.half()  # as the cache stores them
+
+
+def test_attention_decoder_trains_on_spatial_maps_then_scst_keeps_the_best(tmp_path, single_thread):
+    train_rows, train_maps = spatial(160, 0)
+    val_rows, val_maps = spatial(32, 1)
+    vocab = build_vocab([c for caps in train_rows.captions for c in caps], VocabConfig(min_freq=1))
+    cfg = TrainConfig(decoder="attention", embed_size=32, hidden_size=64, attention_dim=32, lr=1e-2, epochs=8,
+                      patience=8, batch_size=32, dropout=0.1, device="cpu", scst_epochs=2, scst_lr=1e-4,
+                      scst_batch_size=32, scst_samples=3)
+    seen = []
+    summary = train(train_rows, train_maps, val_rows, val_maps, vocab, cfg, tmp_path / "m.pt",
+                    {"name": "synthetic"}, log_metric=seen.append)
+    assert summary["xe_best_val_cider"] > 1.5
+    assert len(summary["scst_history"]) == 2 and [r["epoch"] for r in seen[-2:]] == [9, 10]
+    assert all("scst_reward" in r for r in seen[-2:])
+    assert summary["best_val_cider"] >= summary["xe_best_val_cider"]  # SCST never makes the kept model worse
+    ckpt = load_checkpoint(tmp_path / "m.pt")
+    assert ckpt["decoder"]["decoder"] == "attention" and ckpt["decoder"]["feature_shape"] == [16, 2, 2]
+    assert ckpt["extra"]["val_cider"] == summary["best_val_cider"]
+
+
+def test_spatial_decoder_on_pooled_features_is_a_clear_error(tmp_path):
+    import pytest
+    rows, feats = synthetic(8, 0)
+    vocab = build_vocab([c for caps in rows.captions for c in caps], VocabConfig(min_freq=1))
+    with pytest.raises(ValueError, match="train.decoder"):
+        train(rows, feats, rows, feats, vocab, TrainConfig(decoder="transformer", epochs=1, device="cpu"),
+              tmp_path / "m.pt", {"name": "synthetic"})

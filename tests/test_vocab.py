@@ -1,5 +1,6 @@
 import pytest
 
+from pipeline.metrics import ptb_like_tokenize
 from pipeline.vocab import SPECIALS, Vocab, VocabConfig, build_vocab, tokenize, unk_rate
 
 
@@ -36,3 +37,25 @@ def test_unk_rate_and_save_load(tmp_path):
 def test_min_freq_too_high_is_a_clear_error():
     with pytest.raises(ValueError, match="min_freq"):
         build_vocab(["a cat"], VocabConfig(min_freq=5))
+
+
+def test_tokenize_keeps_the_symbols_the_metrics_keep():
+    assert tokenize("50% of $5 & a (red) ball") == ["50", "%", "of", "$", "5", "&", "a",
+                                                    "-lrb-", "red", "-rrb-", "ball"]
+    assert tokenize("I cannot, we're gonna") == ["i", "can", "not", "we", "'re", "gon", "na"]
+
+
+def test_tokenize_splits_exactly_like_the_metrics_tokenizer():
+    captions = ["A dog's bone, isn't it?", "kids [and adults] {x} at 5:30 p.m.", "Teddy bears, toys & games...",
+                "100% of $5", "he said 'hello' -- twice", "'Tis gonna rain; d'ye know", "a 10,000-piece puzzle"]
+    for caption in captions:
+        assert tokenize(caption) == ptb_like_tokenize(caption).split(), caption
+
+
+def test_decoded_caption_scores_like_its_source():
+    # The metrics re-tokenize decoded captions: brackets come back readable and tokenize the same.
+    caption = "A dog (big) can't eat 50% of [the] cake & cannot stop"
+    vocab = build_vocab([caption], VocabConfig(min_freq=1))
+    decoded = vocab.decode(vocab.encode(caption))
+    assert "(" in decoded and "-lrb-" not in decoded
+    assert ptb_like_tokenize(decoded) == ptb_like_tokenize(caption)

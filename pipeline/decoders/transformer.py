@@ -1,0 +1,136 @@
+"""A small pre-LN Transformer decoder over the h*w spatial tokens of a feature map.
+
+Tokens get learned position embeddings; the projected, normalised feature map gets learned
+row + column embeddings, so "left of" / "above" are visible to cross-attention. Incremental
+decoding keeps a key/value cache: cross-attention keys/values are computed once in start(),
+each step appends the new token's self-attention keys/values."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.decoders.base import Decoder, DecoderConfig, take_rows
+
+MAX_POSITIONS = 64  # caption tokens incl. <start>; train.max_len is 22 by default
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.norm_self, self.norm_cross, self.norm_ff = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.self_out = nn.Linear(width, width)
+        self.query = nn.Linear(width, width)
+        self.key_value = nn.Linear(width, 2 * width)
+        self.cross_out = nn.Linear(width, width)
+        self.ff = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.dropout = nn.Dropout(dropout)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:  # (N, T, d) -> (N, heads, T, d/heads)
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+    @staticmethod
+    def merge(x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2).flatten(2)
+
+    def cross_keys(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.key_value(memory).chunk(2, dim=-1)
+        return self.split(k), self.split(v)
+
+    def forward(self, x, cross_k, cross_v, past_k=None, past_v=None):
+        """x (N, T, d). Without a cache: causal over x. With one: x holds the new token(s)
+        only, which see every cached position. Returns x and the self-attention keys/values."""
+        q, k, v = (self.split(t) for t in self.qkv(self.norm_self(x)).chunk(3, dim=-1))
+        if past_k is not None:
+            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=past_k is None)
+        x = x + self.dropout(self.self_out(self.merge(a)))
+        a = F.scaled_dot_product_attention(self.split(self.query(self.norm_cross(x))), cross_k, cross_v)
+        x = x + self.dropout(self.cross_out(self.merge(a)))
+        return x + self.dropout(self.ff(self.norm_ff(x))), k, v
+
+
+class TransformerDecoder(Decoder):
+    name = "transformer"
+    spatial = True
+
+    def __init__(self, feature_shape: tuple[int, ...], vocab_size: int, cfg: DecoderConfig):
+        super().__init__(feature_shape, vocab_size, cfg)
+        width = cfg.hidden_size
+        if cfg.heads < 1 or width % cfg.heads:
+            raise ValueError(f"train.hidden_size ({width}) must be a multiple of train.heads ({cfg.heads})")
+        if cfg.num_layers < 1:
+            raise ValueError(f"train.num_layers must be at least 1 for the transformer, got {cfg.num_layers}")
+        channels, rows, cols = self.feature_shape
+        # Block outputs of a CNN are unbounded per channel: project, then LayerNorm.
+        self.feat_proj = nn.Linear(channels, width)
+        self.feat_norm = nn.LayerNorm(width)
+        self.row_embed = nn.Parameter(torch.zeros(rows, width))
+        self.col_embed = nn.Parameter(torch.zeros(cols, width))
+        self.word_embed = nn.Embedding(vocab_size, width, padding_idx=0)
+        self.pos_embed = nn.Embedding(MAX_POSITIONS, width)
+        self.blocks = nn.ModuleList(Block(width, cfg.heads, cfg.dropout) for _ in range(cfg.num_layers))
+        self.final_norm = nn.LayerNorm(width)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(width, vocab_size)  # untied: the vocabulary is small, tying saves little
+        self.apply(self._init)
+        for p in (self.row_embed, self.col_embed):
+            nn.init.normal_(p, std=0.02)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        # GPT-style N(0, 0.02): torch's default N(0, 1) embeddings would dwarf the residual
+        # branches (attention, feed-forward) at the start of training.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+
+    def encode(self, features: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        x = self.check_features(features).flatten(2).transpose(1, 2)  # (N, h*w, C), row-major
+        where = (self.row_embed.unsqueeze(1) + self.col_embed.unsqueeze(0)).flatten(0, 1)
+        memory = self.feat_norm(self.feat_proj(x)) + where
+        return [block.cross_keys(memory) for block in self.blocks]
+
+    def embed(self, tokens: torch.Tensor, offset: int) -> torch.Tensor:
+        length = tokens.shape[1]
+        if offset + length > MAX_POSITIONS:
+            raise ValueError(f"the transformer decoder has {MAX_POSITIONS} positions, asked for "
+                             f"{offset + length}: lower train.max_len / the decoding max_len")
+        positions = torch.arange(offset, offset + length, device=tokens.device)
+        return self.dropout(self.word_embed(tokens) + self.pos_embed(positions))
+
+    def forward(self, features: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: logits (B, T-1, V) predicting captions[:, 1:]."""
+        cross = self.encode(features)
+        x = self.embed(captions[:, :-1], 0)
+        for block, (k, v) in zip(self.blocks, cross):
+            x, _, _ = block(x, k, v)
+        return self.head(self.final_norm(x))
+
+    # --- incremental decoding with a key/value cache --------------------------------------
+    def start(self, features: torch.Tensor) -> dict:
+        cross = self.encode(features)
+        n, device = features.shape[0], cross[0][0].device
+        empty = [k.new_zeros(n, k.shape[1], 0, k.shape[3]) for k, _ in cross]
+        return {"cross_k": [k for k, _ in cross], "cross_v": [v for _, v in cross],
+                "self_k": empty, "self_v": list(empty), "src": torch.arange(n, device=device)}
+
+    def step(self, tokens: torch.Tensor, state: dict):
+        offset = state["self_k"][0].shape[2]  # tokens already fed
+        x = self.embed(tokens.unsqueeze(1), offset)
+        self_k, self_v = [], []
+        for i, block in enumerate(self.blocks):
+            x, k, v = block(x, state["cross_k"][i], state["cross_v"][i], state["self_k"][i], state["self_v"][i])
+            self_k.append(k)
+            self_v.append(v)
+        logp = torch.log_softmax(self.head(self.final_norm(x[:, 0])).float(), dim=-1)
+        return logp, {**state, "self_k": self_k, "self_v": self_v}
+
+    def select(self, state: dict, rows: torch.Tensor) -> dict:
+        return take_rows(state, rows, per_image=("cross_k", "cross_v"))

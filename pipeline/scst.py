@@ -1,0 +1,286 @@
+"""Self-critical sequence training (Rennie et al. 2017) with a CIDEr-D reward, for any decoder
+of pipeline.decoders (start / step / select).
+
+The reward is CIDEr-D exactly as pycocoevalcap computes it (the same n-grams, tf-idf, clipping,
+Gaussian length penalty and x10), with document frequencies taken once from the TRAIN
+references, and `<end>` counted as a word ("<end> counted", as in ruotianluo/ImageCaptioning.pytorch):
+references end with it, a sample carries it only if it stopped, so a caption cut off by max_len
+(or one that stops in the middle of a phrase) loses the n-grams that end a reference.
+Sampled captions get the mean reward of the other samples of the same image as baseline
+(leave-one-out, the "new self-critical" of Luo 2020): no greedy pass is needed.
+
+Typical use from the training loop (after cross-entropy epochs):
+
+    refs = reference_tokens(train_rows["captions"], vocab)
+    scorer = CiderD(refs, end=vocab.end_id)
+    stats = scst_epoch(decoder, optimizer, train_features, refs, scorer, start_id=vocab.start_id,
+                       end_id=vocab.end_id, max_len=cfg.max_len, generator=generator,
+                       banned_ids=(vocab.pad_id, vocab.start_id, vocab.unk_id))
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from typing import Hashable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from pipeline.decoding import checked_banned_ids, greedy
+from pipeline.vocab import Vocab, tokenize
+
+logger = logging.getLogger(__name__)
+
+Tokens = Sequence[Hashable]
+
+
+def reference_tokens(captions_per_image: Iterable[Sequence[str]], vocab: Vocab) -> list[list[list[Hashable]]]:
+    """Reference captions as word ids, tokenized like the training captions. Words outside the
+    vocabulary stay as their string: a sampled <unk> then matches nothing (as it would once
+    decoded to text), and the references' n-gram statistics are those of the real words."""
+    return [[[vocab.stoi.get(w, w) for w in tokenize(c)] for c in captions] for captions in captions_per_image]
+
+
+class CiderD:
+    """CIDEr-D of one candidate against one image's references, with the document frequencies
+    of a fixed corpus (each image's reference set is one document). Tokens are any hashables
+    (word ids or words). `end`, when given, is appended to every reference; candidates are
+    scored as given, so pass them with <end> when the sample emitted it."""
+
+    def __init__(self, corpus_refs: Sequence[Sequence[Tokens]], end: Hashable | None = None,
+                 n: int = 4, sigma: float = 6.0):
+        if not corpus_refs:
+            raise ValueError("CiderD needs the reference captions of at least one (train) image")
+        self.end, self.n, self.sigma = end, n, sigma
+        df: Counter = Counter()
+        for refs in corpus_refs:
+            df.update({g for ref in refs for g in self._ngrams(self._with_end(ref))})
+        self.ref_len = math.log(len(corpus_refs))
+        # idf = log(N) - log(max(1, df)): an n-gram seen in no document gets log(N), as in pycocoevalcap.
+        self.idf = {g: self.ref_len - math.log(max(1.0, count)) for g, count in df.items()}
+        self._refs_cache: dict[tuple, list] = {}
+
+    def _with_end(self, tokens: Tokens) -> tuple:
+        return (*tokens, self.end) if self.end is not None else tuple(tokens)
+
+    def _ngrams(self, tokens: tuple) -> Counter:
+        return Counter(tokens[i: i + k] for k in range(1, self.n + 1) for i in range(len(tokens) - k + 1))
+
+    def _vector(self, tokens: tuple):
+        """tf-idf weights keyed by n-gram, the norm of each order, and the length that
+        pycocoevalcap uses for the penalty (its bigram count: max(words - 1, 0))."""
+        vec, norms = {}, [0.0] * self.n
+        for gram, tf in self._ngrams(tokens).items():
+            weight = tf * self.idf.get(gram, self.ref_len)
+            vec[gram] = weight
+            norms[len(gram) - 1] += weight * weight
+        return vec, [math.sqrt(v) for v in norms], max(len(tokens) - 1, 0)
+
+    def _prepared(self, refs: Sequence[Tokens]) -> list:
+        # Each image's references are scored ~n_samples times per epoch: vectorise them once.
+        key = tuple(tuple(r) for r in refs)
+        cached = self._refs_cache.get(key)
+        if cached is None:
+            if not key:
+                raise ValueError("an image has no reference captions to score against")
+            cached = self._refs_cache[key] = [self._vector(self._with_end(r)) for r in key]
+        return cached
+
+    def score(self, candidate: Tokens, refs: Sequence[Tokens]) -> float:
+        return self.score_many([candidate], refs)[0]
+
+    def score_many(self, candidates: Sequence[Tokens], refs: Sequence[Tokens]) -> list[float]:
+        """Scores of several candidates (e.g. the samples of one image) against one image's refs."""
+        prepared, memo, out = self._prepared(refs), {}, []
+        for cand in candidates:
+            cand = tuple(cand)
+            if cand not in memo:  # samples of one image often repeat
+                memo[cand] = self._score_vector(self._vector(cand), prepared)
+            out.append(memo[cand])
+        return out
+
+    def _score_vector(self, hyp, prepared) -> float:
+        vec, norms, length = hyp
+        total = 0.0
+        two_sigma2 = 2 * self.sigma ** 2
+        for ref_vec, ref_norms, ref_length in prepared:
+            val = [0.0] * self.n
+            for gram, weight in vec.items():
+                ref_weight = ref_vec.get(gram)
+                if ref_weight is not None:
+                    val[len(gram) - 1] += min(weight, ref_weight) * ref_weight  # clipped counts
+            penalty = math.exp(-((length - ref_length) ** 2) / two_sigma2)
+            for k in range(self.n):
+                if norms[k] != 0 and ref_norms[k] != 0:
+                    val[k] /= norms[k] * ref_norms[k]
+                total += val[k] * penalty
+        return 10.0 * total / self.n / len(prepared)
+
+
+def _sampling_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """torch.multinomial needs a generator on the probabilities' device: derive one, seeded
+    from the given generator, so a CPU generator still makes GPU sampling reproducible."""
+    if generator is None or generator.device.type == device.type:
+        return generator
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def sample(decoder: nn.Module, features: torch.Tensor, start_id: int, end_id: int, max_len: int,
+           n_samples: int, banned_ids: Iterable[int] = (), generator: torch.Generator | None = None,
+           pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw `n_samples` captions per image from the decoder's distribution (row = image * n + j).
+    Returns tokens (N*n, T) (pad after <end>), their log-probabilities with grad (N*n, T, 0 where
+    masked) and the mask (N*n, T) of tokens up to and including <end>; T <= max_len (the most
+    tokens a sample may have, <end> included, as in pipeline.decoding). Banned ids get
+    probability 0 and the rest is renormalised: the log-probs are those of the policy sampled."""
+    if max_len < 1:
+        raise ValueError(f"max_len must be at least 1 (train.max_len), got {max_len}")
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+    banned_ids = checked_banned_ids(banned_ids, end_id)
+    device = features.device
+    generator = _sampling_generator(generator, device)
+    total = features.shape[0] * n_samples
+    state = decoder.start(features)
+    state = decoder.select(state, torch.arange(features.shape[0], device=device).repeat_interleave(n_samples))
+    banned = torch.as_tensor(banned_ids, dtype=torch.long, device=device)
+    tokens = torch.full((total,), start_id, dtype=torch.long, device=device)
+    alive = torch.ones(total, dtype=torch.bool, device=device)
+    words, logps, masks = [], [], []
+    for _ in range(max_len):
+        logp, state = decoder.step(tokens, state)
+        if banned.numel():
+            logp = torch.log_softmax(logp.index_fill(1, banned, float("-inf")), dim=-1)
+        with torch.no_grad():
+            tokens = torch.multinomial(logp.detach().exp(), 1, generator=generator).squeeze(1)
+        chosen = logp.gather(1, tokens.unsqueeze(1)).squeeze(1)
+        masks.append(alive)
+        logps.append(torch.where(alive, chosen, torch.zeros_like(chosen)))
+        words.append(torch.where(alive, tokens, torch.full_like(tokens, pad_id)))
+        alive = alive & (tokens != end_id)
+        if not alive.any():  # one sync per step
+            break
+    return torch.stack(words, 1), torch.stack(logps, 1), torch.stack(masks, 1)
+
+
+def leave_one_out_baseline(rewards: torch.Tensor) -> torch.Tensor:
+    """rewards (N, n) -> for each sample, the mean reward of the other n-1 samples of its image."""
+    n = rewards.shape[1]
+    if n < 2:
+        raise ValueError(f"a leave-one-out baseline needs n_samples >= 2, got {n}")
+    return (rewards.sum(dim=1, keepdim=True) - rewards) / (n - 1)
+
+
+def sample_rewards(scorer: CiderD, tokens: torch.Tensor, mask: torch.Tensor, image_refs: Sequence,
+                   n_samples: int) -> torch.Tensor:
+    """CIDEr-D of every sample (row image * n + j) against its image's references -> (N, n)."""
+    lengths = mask.sum(1).tolist()
+    rows = [seq[:m] for seq, m in zip(tokens.tolist(), lengths)]  # <end> kept when it was sampled
+    rewards = [scorer.score_many(rows[i * n_samples: (i + 1) * n_samples], refs)
+               for i, refs in enumerate(image_refs)]
+    return torch.tensor(rewards, dtype=torch.float32)
+
+
+def scst_loss(decoder: nn.Module, features: torch.Tensor, image_refs: Sequence, scorer: CiderD,
+              start_id: int, end_id: int, max_len: int, n_samples: int = 5, banned_ids: Iterable[int] = (),
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    """REINFORCE with a leave-one-out baseline: loss = -(r - b) * log p(sample), averaged over
+    samples. Normalised per sample, not per token: that is the unbiased estimate of the gradient
+    of the expected reward; dividing by tokens would weigh each short sample's tokens more.
+    The reward is a constant: gradients flow only through the sampled tokens' log-probs."""
+    if len(image_refs) != features.shape[0]:
+        raise ValueError(f"{features.shape[0]} images of features but {len(image_refs)} reference lists")
+    if scorer.end is not None and scorer.end != end_id:
+        raise ValueError(f"the scorer appends {scorer.end!r} to references but samples end with {end_id!r}: "
+                         "build CiderD(refs, end=vocab.end_id)")
+    if n_samples < 2:
+        raise ValueError(f"SCST's leave-one-out baseline needs n_samples >= 2, got {n_samples}")
+    tokens, logp, mask = sample(decoder, features, start_id, end_id, max_len, n_samples, banned_ids, generator)
+    rewards = sample_rewards(scorer, tokens, mask, image_refs, n_samples)
+    baseline = leave_one_out_baseline(rewards)
+    advantage = (rewards - baseline).reshape(-1).to(logp.device)
+    loss = -(advantage * logp.sum(1)).mean()
+    stats = {"reward": rewards.mean().item(), "baseline": baseline.mean().item(),
+             "sample_length": mask.sum(1).float().mean().item()}
+    return loss, stats
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
+    if generator is not None and generator.device.type != "cpu":
+        order = torch.randperm(n, generator=generator, device=generator.device).cpu()
+    else:
+        order = torch.randperm(n, generator=generator)
+    batches = list(order.split(batch_size))
+    # A one-image batch cannot train BatchNorm (show_tell): fold it into the previous batch.
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
+def scst_epoch(decoder: nn.Module, optimizer: torch.optim.Optimizer, features: torch.Tensor,
+               image_refs: Sequence, scorer: CiderD, *, start_id: int, end_id: int, max_len: int,
+               n_samples: int = 5, batch_size: int = 64, banned_ids: Iterable[int] = (),
+               generator: torch.Generator | None = None, grad_clip: float = 5.0,
+               scheduler=None) -> dict:
+    """One SCST pass over the images (row i of `features` has the references image_refs[i]),
+    in shuffled batches of `batch_size` images (x n_samples captions each). The decoder runs in
+    train mode, as in the reference implementations: the policy sampled is the one trained by
+    cross-entropy (dropout, where a decoder's step() applies it, and BatchNorm batch
+    statistics). Returns sample-weighted means of reward, baseline, sample length and loss."""
+    if len(image_refs) != len(features):
+        raise ValueError(f"{len(features)} images of features but {len(image_refs)} reference lists")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    banned_ids = tuple(banned_ids)  # iterated once per batch
+    device = next(decoder.parameters()).device
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    t0 = time.time()
+    batches = _batches(len(features), batch_size, generator)
+    sampler = _sampling_generator(generator, device)  # derived once, then it advances
+    decoder.train()
+    sums = {"reward": 0.0, "baseline": 0.0, "sample_length": 0.0, "loss": 0.0}
+    for idx in batches:
+        feats = features[idx.to(features.device)].to(device)
+        loss, stats = scst_loss(decoder, feats, [image_refs[i] for i in idx.tolist()], scorer,
+                                start_id, end_id, max_len, n_samples, banned_ids, sampler)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        for key in ("reward", "baseline", "sample_length"):
+            sums[key] += stats[key] * len(idx)
+        sums["loss"] += loss.item() * len(idx)
+    out = {key: value / len(features) for key, value in sums.items()}
+    out.update(images=len(features), steps=len(batches), seconds=time.time() - t0)
+    logger.info("scst: reward %.3f (baseline %.3f), sample length %.1f, %d steps in %.1fs",
+                out["reward"], out["baseline"], out["sample_length"], out["steps"], out["seconds"])
+    return out
+
+
+@torch.no_grad()
+def greedy_reward(decoder: nn.Module, features: torch.Tensor, image_refs: Sequence, scorer: CiderD,
+                  start_id: int, end_id: int, max_len: int, banned_ids: Iterable[int] = (),
+                  batch_size: int = 256) -> float:
+    """Mean CIDEr-D reward of greedy captions (eval mode; the decoder's mode is restored):
+    what SCST should raise, for logging and tests."""
+    was_training = decoder.training
+    decoder.eval()
+    total = 0.0
+    try:
+        for lo in range(0, len(features), batch_size):
+            feats = features[lo: lo + batch_size].to(next(decoder.parameters()).device)
+            out = greedy(decoder, feats, start_id, end_id, max_len, banned_ids)
+            for j, seq in enumerate(out.tokens):
+                # greedy() strips <end>: a caption shorter than max_len did emit it.
+                ended = len(seq) < max_len and scorer.end is not None
+                cand = [*seq, end_id] if ended else seq
+                total += scorer.score(cand, image_refs[lo + j])
+    finally:
+        decoder.train(was_training)
+    return total / max(len(features), 1)
