@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 repro: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" dvc repro
-	$(PY) -m pipeline.summary metrics/eval.json
+	$(PY) -m pipeline.evaluation.summary metrics/eval.json
 
 test: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q

@@ -29,13 +29,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.batch import CaptionConfig, caption_directory, list_images  # noqa: E402
-from pipeline.captioner import Captioner  # noqa: E402
 from pipeline.checkpoint import save_checkpoint  # noqa: E402
+from pipeline.data.images import load_image_tensor  # noqa: E402
+from pipeline.data.vocab import Vocab  # noqa: E402
+from pipeline.decoders import DecoderConfig, ShowTell  # noqa: E402
 from pipeline.encoders import EncoderConfig, build_encoder  # noqa: E402
-from pipeline.images import load_image_tensor  # noqa: E402
-from pipeline.model import CaptionDecoder, DecoderConfig  # noqa: E402
-from pipeline.vocab import Vocab  # noqa: E402
+from pipeline.inference.batch import CaptionConfig, caption_directory, list_images  # noqa: E402
+from pipeline.inference.captioner import Captioner  # noqa: E402
 
 
 def make_photos(directory: Path, count: int, size: tuple[int, int] = (640, 480), seed: int = 0) -> None:
@@ -58,7 +58,7 @@ def make_bench_checkpoint(path: Path, vocab_size: int) -> Path:
     encoder = build_encoder(EncoderConfig("efficientnet_lite0", "pretrained"))
     vocab = Vocab(f"word{i}" for i in range(vocab_size - 4))
     torch.manual_seed(0)
-    decoder = CaptionDecoder(encoder.feature_dim, len(vocab), DecoderConfig())
+    decoder = ShowTell(encoder.feature_dim, len(vocab), DecoderConfig())
     with torch.no_grad():  # never <end>: every caption runs all max_len steps (the worst case)
         decoder.head.bias[vocab.end_id] = -30.0
     save_checkpoint(path, decoder_state=decoder.state_dict(), decoder=decoder.describe(), vocab=vocab.to_list(),

@@ -23,9 +23,9 @@ import skimage.data
 import torch
 from PIL import Image
 
+from pipeline.data.images import load_image_tensor
 from pipeline.encoders import EncoderConfig, build_encoder
 from pipeline.features import FeaturesConfig, autocast_dtype, extract_features
-from pipeline.images import load_image_tensor
 from pipeline.runtime import resolve_device
 
 # Real photographs shipped inside scikit-image, so generated images compress and decode like photos.

@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.manifest import read_manifest  # noqa: E402
-from pipeline.metrics import score_captions  # noqa: E402
+from pipeline.data.manifest import read_manifest  # noqa: E402
+from pipeline.evaluation.metrics import score_captions  # noqa: E402
 
 
 def main() -> None:

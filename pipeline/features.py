@@ -24,11 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.data.images import ImageLoadError, check_file, make_loader
 from pipeline.encoders import Encoder, EncoderConfig, build_encoder
-from pipeline.feature_maps import SPATIAL_LEVELS, SpatialEncoder
-from pipeline.images import ImageLoadError, check_file, make_loader
-from pipeline.runtime import resolve_device
+from pipeline.encoders.feature_maps import SPATIAL_LEVELS, SpatialEncoder
 from pipeline.hashing import file_sha256
+from pipeline.runtime import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class FeaturesConfig:
     batch_size: int = 64
     num_workers: int = 2  # decoding processes running beside the forward pass
     device: str = "auto"  # auto = cuda if available, else cpu
-    # Also store a (C, h, w) spatial map for the attention decoders (pipeline/feature_maps.py):
+    # Also store a (C, h, w) spatial map for the attention decoders (pipeline/encoders/feature_maps.py):
     # none | head | s16 | s32 | s16+s32. About 42 KB per image in float16 for Lite0's s16 or s16+s32.
     spatial: str = "none"
     precision: str = "auto"  # auto = bf16 (fp16 if no bf16) autocast on CUDA, fp32 on CPU | fp32 | bf16 | fp16

@@ -7,8 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline.batch import EXIT_LISTING_INCOMPLETE, CaptionConfig, caption_directory
 from pipeline.config import load_section
+from pipeline.inference.batch import EXIT_LISTING_INCOMPLETE, CaptionConfig, caption_directory
 from stages.common import parser, stage_main
 
 

@@ -9,7 +9,7 @@ import sys
 from typing import Callable
 
 from pipeline.config import ParamsError
-from pipeline.encoder_weights import EncoderWeightsError
+from pipeline.errors import EncoderWeightsError
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -3,12 +3,12 @@ caption metrics (and, for the scenes, the grounded metric) into a small JSON kep
 per-image table and a caption sheet whose wrong words are marked."""
 from pathlib import Path
 
-from pipeline.captioner import Captioner
 from pipeline.config import load_section
-from pipeline.evaluate import EvaluateConfig, evaluate, sheet_items, write_json
+from pipeline.data.manifest import read_manifest
+from pipeline.evaluation.evaluate import EvaluateConfig, evaluate, sheet_items, write_json
+from pipeline.evaluation.report import caption_sheet
 from pipeline.features import load_features
-from pipeline.manifest import read_manifest
-from pipeline.report import caption_sheet
+from pipeline.inference.captioner import Captioner
 from stages.common import parser, stage_main
 
 

@@ -4,9 +4,9 @@ import json
 from pathlib import Path
 
 from pipeline.config import load_section
+from pipeline.data.manifest import read_manifest, safe_join
 from pipeline.encoders import EncoderConfig
 from pipeline.features import FeaturesConfig, extract_features
-from pipeline.manifest import read_manifest, safe_join
 from stages.common import parser, stage_main
 
 

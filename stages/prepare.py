@@ -3,7 +3,8 @@ import json
 from pathlib import Path
 
 from pipeline.config import load_section
-from pipeline.manifest import DataConfig, build_manifest, write_manifest
+from pipeline.data.formats import DataConfig
+from pipeline.data.manifest import build_manifest, write_manifest
 from stages.common import parser, stage_main
 
 

@@ -3,7 +3,7 @@ never-seen images (another seed) for the `caption` stage to caption."""
 from pathlib import Path
 
 from pipeline.config import load_section
-from pipeline.scenes import SceneConfig, generate_scenes
+from pipeline.data.scenes import SceneConfig, generate_scenes
 from stages.common import parser, stage_main
 
 

@@ -6,13 +6,13 @@ import torch
 from dvclive import Live
 
 from pipeline.config import load_section
+from pipeline.data.manifest import read_manifest
+from pipeline.data.vocab import Vocab
 from pipeline.decoders import decoder_class
 from pipeline.encoders import EncoderConfig
 from pipeline.features import load_features
-from pipeline.finetune import finetune
-from pipeline.manifest import read_manifest
-from pipeline.train import TrainConfig, train
-from pipeline.vocab import Vocab
+from pipeline.training.finetune import finetune
+from pipeline.training.train import TrainConfig, train
 from stages.common import parser, stage_main
 
 

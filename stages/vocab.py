@@ -3,8 +3,8 @@ import json
 from pathlib import Path
 
 from pipeline.config import load_section
-from pipeline.manifest import read_manifest
-from pipeline.vocab import VocabConfig, build_vocab, unk_rate
+from pipeline.data.manifest import read_manifest
+from pipeline.data.vocab import VocabConfig, build_vocab, unk_rate
 from stages.common import parser, stage_main
 
 

@@ -18,9 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.batch import CaptionConfig, CaptionUsageError, caption_directory, list_images
-from pipeline.caption_store import SCHEMA, parts_dir_for
-from pipeline.captioner import Captioner
+from pipeline.inference.batch import CaptionConfig, CaptionUsageError, caption_directory, list_images
+from pipeline.inference.caption_store import SCHEMA, parts_dir_for
+from pipeline.inference.captioner import Captioner
 from test_captioner import make_checkpoint, make_image
 
 CFG = dict(batch_size=4, num_workers=0, threads=1, beam_size=2, max_len=5, part_size=3)

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.captioner import Captioner, CheckpointMismatchError
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.data.images import ImageLoadError, load_image_tensor
+from pipeline.data.vocab import Vocab
+from pipeline.decoders import DecoderConfig, ShowTell
 from pipeline.encoders import EncoderConfig, build_encoder
-from pipeline.images import ImageLoadError, load_image_tensor
-from pipeline.model import CaptionDecoder, DecoderConfig
-from pipeline.vocab import Vocab
+from pipeline.inference.captioner import Captioner, CheckpointMismatchError
 
 WORDS = ["a", "red", "blue", "circle", "square", "on", "the", "left", "right"]
 
@@ -26,11 +26,11 @@ def make_checkpoint(path: Path, seed: int = 0, vocab_size: int | None = None, im
     are a few real words that differ between images: the image BatchNorm standardises the
     (nearly identical) random-encoder features of a few images, special tokens are unlikely.
     `precision` is recorded as the features stage records it; `finetuned` stores the encoder's
-    weights and fingerprint the way pipeline.finetune does."""
+    weights and fingerprint the way pipeline.training.finetune does."""
     encoder = build_encoder(EncoderConfig("efficientnet_lite0", weights, image_size=image_size))
     vocab = Vocab(WORDS)
     torch.manual_seed(seed)
-    decoder = CaptionDecoder(encoder.feature_dim, len(vocab), DecoderConfig(embed_size=8, hidden_size=16, dropout=0.0))
+    decoder = ShowTell(encoder.feature_dim, len(vocab), DecoderConfig(embed_size=8, hidden_size=16, dropout=0.0))
     pictures = [Image.fromarray(np.full((32, 32, 3), 25 * i, np.uint8)) for i in range(8)]
     with torch.no_grad():
         embedded = decoder.image_embed(encoder(torch.stack([encoder.preprocess(p) for p in pictures])))

@@ -53,14 +53,14 @@ def test_repo_params_match_every_stage_dataclass():
     import dataclasses
     from pathlib import Path
 
-    from pipeline.batch import CaptionConfig
+    from pipeline.data.formats import DataConfig
+    from pipeline.data.scenes import SceneConfig
+    from pipeline.data.vocab import VocabConfig
     from pipeline.encoders import EncoderConfig
-    from pipeline.evaluate import EvaluateConfig
+    from pipeline.evaluation.evaluate import EvaluateConfig
     from pipeline.features import FeaturesConfig
-    from pipeline.manifest import DataConfig
-    from pipeline.scenes import SceneConfig
-    from pipeline.train import TrainConfig
-    from pipeline.vocab import VocabConfig
+    from pipeline.inference.batch import CaptionConfig
+    from pipeline.training.train import TrainConfig
 
     path = Path(__file__).resolve().parents[1] / "params.yaml"
     sections = {"scenes": SceneConfig, "data": DataConfig, "encoder": EncoderConfig, "features": FeaturesConfig,

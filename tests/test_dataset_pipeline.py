@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.manifest import read_manifest
-from pipeline.scenes import SceneConfig, captions, render, sample_scene
-from pipeline.vocab import UNK, Vocab, tokenize
+from pipeline.data.manifest import read_manifest
+from pipeline.data.scenes import SceneConfig, captions, render, sample_scene
+from pipeline.data.vocab import UNK, Vocab, tokenize
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "features", "vocab", "train", "evaluate")

@@ -1,14 +1,13 @@
 """The decoder registry: every decoder on tiny random models (eval mode, seeded) honours the
-contract pipeline.decoding relies on: teacher-forced forward == incremental start/step,
+contract pipeline.decoders.search relies on: teacher-forced forward == incremental start/step,
 select-based batched beam search == per-image beam search, banned ids, describe/rebuild."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pipeline.decoders import DECODERS, DecoderConfig, build_decoder, decoder_from_spec
-from pipeline.decoding import decode
-from pipeline.model import CaptionDecoder
+from pipeline.decoders import DECODERS, DecoderConfig, ShowTell, build_decoder, decoder_from_spec
+from pipeline.decoders.search import decode
 
 PAD, START, END, UNK = 0, 1, 2, 3
 VOCAB = 13
@@ -171,7 +170,7 @@ def test_old_show_tell_checkpoint_loads():
                 "word_embed.weight", "lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0",
                 "lstm.bias_hh_l0", "head.weight", "head.bias"}
     torch.manual_seed(0)
-    old = CaptionDecoder(6, VOCAB, DecoderConfig(8, 16, 1, 0.3)).eval()  # the legacy import path
+    old = ShowTell(6, VOCAB, DecoderConfig(8, 16, 1, 0.3)).eval()  # the former CaptionDecoder call
     assert set(old.state_dict()) == old_keys
     model = decoder_from_spec(old_spec)
     assert model.name == "show_tell" and model.describe()["feature_dim"] == 6

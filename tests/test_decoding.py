@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.decoding import beam_search, decode, greedy
-from pipeline.model import CaptionDecoder, DecoderConfig
+from pipeline.decoders import DecoderConfig, ShowTell
+from pipeline.decoders.search import beam_search, decode, greedy
 
 PAD, START, END = 0, 1, 2
 VOCAB = 14
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(single_thread) -> CaptionDecoder:
+def trained(single_thread) -> ShowTell:
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     classes = torch.randint(0, len(CAPTIONS), (3000,), generator=generator)
@@ -48,7 +48,7 @@ def trained(single_thread) -> CaptionDecoder:
         seq = [START, *words, END]
         tokens[i, : len(seq)] = torch.tensor(seq)
     features = make_features(classes, generator)
-    model = CaptionDecoder(FEATURE_DIM, VOCAB, DecoderConfig(embed_size=16, hidden_size=32, dropout=0.0))
+    model = ShowTell(FEATURE_DIM, VOCAB, DecoderConfig(embed_size=16, hidden_size=32, dropout=0.0))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     loss_fn = nn.CrossEntropyLoss(ignore_index=PAD)
     model.train()
@@ -70,7 +70,7 @@ def test_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return make_features(classes, generator), classes
 
 
-def teacher_forced_logprob(model: CaptionDecoder, feature: torch.Tensor, words: list[int], ended: bool) -> float:
+def teacher_forced_logprob(model: ShowTell, feature: torch.Tensor, words: list[int], ended: bool) -> float:
     """Independent scorer: log p(words [+ <end>] | feature) from one teacher-forced forward pass."""
     target = [*words, END] if ended else list(words)
     with torch.no_grad():
@@ -108,7 +108,7 @@ def test_scores_match_teacher_forcing_when_beams_finish_at_different_steps():
     """An untrained decoder with a likely <end>: beams finish at scattered steps and swap
     places, which exercises the bookkeeping of finished beams."""
     torch.manual_seed(3)
-    model = CaptionDecoder(FEATURE_DIM, 30, DecoderConfig(embed_size=16, hidden_size=32, dropout=0.0)).eval()
+    model = ShowTell(FEATURE_DIM, 30, DecoderConfig(embed_size=16, hidden_size=32, dropout=0.0)).eval()
     with torch.no_grad():  # sharper, state-dependent word and <end> probabilities
         model.lstm.weight_ih_l0.mul_(3.0)
         model.lstm.weight_hh_l0.mul_(3.0)
@@ -133,7 +133,7 @@ def test_batched_beam_equals_per_image_beam(trained, test_batch):
         assert single.logprob[0] == pytest.approx(batched.logprob[i], abs=1e-5)
 
 
-def naive_greedy(model: CaptionDecoder, feature: torch.Tensor, max_len: int) -> tuple[list[int], float]:
+def naive_greedy(model: ShowTell, feature: torch.Tensor, max_len: int) -> tuple[list[int], float]:
     """The seeds' loop: one image, one token at a time, .item() per step."""
     with torch.no_grad():
         _, state = model.lstm(model.image_bn(model.image_embed(feature.unsqueeze(0))).unsqueeze(1))

@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "stages")
 STAGE_CMD = re.compile(r"^\s*python -m (stages\.\w+)(\s|$)")
 DATA_ROOT = "${data.root}"
-# A stage given the manifest (--manifest) that loads images (pipeline/images.py) reads them
+# A stage given the manifest (--manifest) that loads images (pipeline/data/images.py) reads them
 # under data.root, the root the manifest's paths are relative to: a changed image must rerun it.
-IMAGE_LOADER = "pipeline/images.py"
+IMAGE_LOADER = "pipeline/data/images.py"
 # Params keys that name input files/dirs of the stages listing their section.
 INPUT_PARAM_KEYS = ("root", "images_dir")
 
@@ -170,20 +170,21 @@ def _exact_spec(stage: str, *extra: str, args: str = "--manifest m") -> dict:
 
 def test_checker_flags_missing_and_needless_deps():
     spec = _exact_spec("vocab", "data/manifest.parquet")
-    assert "pipeline/vocab.py" in spec["deps"] and deps_problems({"vocab": spec}) == {}
-    spec["deps"] = [d for d in spec["deps"] if d != "pipeline/vocab.py"] + ["pipeline/scenes.py"]
-    assert deps_problems({"vocab": spec}) == {"vocab": {"add": ["pipeline/vocab.py"], "remove": ["pipeline/scenes.py"]}}
+    assert "pipeline/data/vocab.py" in spec["deps"] and deps_problems({"vocab": spec}) == {}
+    spec["deps"] = [d for d in spec["deps"] if d != "pipeline/data/vocab.py"] + ["pipeline/data/scenes.py"]
+    assert deps_problems({"vocab": spec}) == {
+        "vocab": {"add": ["pipeline/data/vocab.py"], "remove": ["pipeline/data/scenes.py"]}}
     message = _explain(deps_problems({"vocab": spec}))
-    assert "add:    - pipeline/vocab.py" in message and "remove: - pipeline/scenes.py" in message
+    assert "add:    - pipeline/data/vocab.py" in message and "remove: - pipeline/data/scenes.py" in message
     # A directory dep covers the modules under it, but only if the stage imports all of them.
-    spec["deps"] = [d for d in spec["deps"] if not d.startswith("pipeline/formats/")] + ["pipeline/formats"]
-    spec["deps"] = [d for d in spec["deps"] if d != "pipeline/scenes.py"] + ["pipeline/vocab.py"]
+    spec["deps"] = [d for d in spec["deps"] if not d.startswith("pipeline/data/formats/")] + ["pipeline/data/formats"]
+    spec["deps"] = [d for d in spec["deps"] if d != "pipeline/data/scenes.py"] + ["pipeline/data/vocab.py"]
     assert deps_problems({"vocab": spec}) == {}
-    scenes = _exact_spec("scenes", "pipeline/formats")
-    assert deps_problems({"scenes": scenes}) == {"scenes": {"add": [], "remove": ["pipeline/formats"]}}
+    scenes = _exact_spec("scenes", "pipeline/data/formats")
+    assert deps_problems({"scenes": scenes}) == {"scenes": {"add": [], "remove": ["pipeline/data/formats"]}}
     whole = deps_problems({"scenes": {"cmd": scenes["cmd"], "deps": ["pipeline", "stages"]}})["scenes"]
     assert whole == {"add": sorted(stage_modules("stages.scenes")), "remove": ["pipeline", "stages"]}
-    assert deps_problems({"other": {"cmd": "dvc exp show", "deps": ["pipeline/scenes.py"]}}) == {}
+    assert deps_problems({"other": {"cmd": "dvc exp show", "deps": ["pipeline/data/scenes.py"]}}) == {}
 
 
 def test_stages_reading_their_input_dirs_depend_on_them():
@@ -199,8 +200,8 @@ def test_stages_reading_their_input_dirs_depend_on_them():
 
 def test_a_wholly_needed_package_is_suggested_as_one_directory_line():
     spec = _exact_spec("vocab")
-    spec["deps"] = [d for d in spec["deps"] if not d.startswith("pipeline/formats/")]
-    assert deps_problems({"vocab": spec})["vocab"]["add"] == ["pipeline/formats"]
+    spec["deps"] = [d for d in spec["deps"] if not d.startswith("pipeline/data/formats/")]
+    assert deps_problems({"vocab": spec})["vocab"]["add"] == ["pipeline/data/formats"]
 
 
 def test_import_scan_sees_lazy_imports_and_skips_type_checking(tmp_path, monkeypatch):

@@ -10,9 +10,9 @@ import torch
 import torchvision
 from PIL import Image
 
-from pipeline import encoder_weights
-from pipeline.encoders import (EncoderConfig, EncoderWeightsError, Preprocess, build_classifier,
-                               build_encoder, list_encoders)
+from pipeline.encoders import EncoderConfig, Preprocess, build_classifier, build_encoder, list_encoders
+from pipeline.encoders import weights as encoder_weights
+from pipeline.errors import EncoderWeightsError
 
 CAT_CLASSES = set(range(281, 286))  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
 COFFEE_CLASSES = {967, 968}  # espresso, cup

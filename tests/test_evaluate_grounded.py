@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import summary
-from pipeline.evaluate import EvaluateConfig, evaluate, sheet_items, write_json
+from pipeline.data.formats import DataConfig
+from pipeline.data.manifest import build_manifest, read_manifest, write_manifest
+from pipeline.data.scenes import SceneConfig, generate_scenes
+from pipeline.evaluation import summary
+from pipeline.evaluation.evaluate import EvaluateConfig, evaluate, sheet_items, write_json
 from pipeline.features import FeatureTable
-from pipeline.manifest import DataConfig, build_manifest, read_manifest, write_manifest
-from pipeline.scenes import SceneConfig, generate_scenes
 
 ROW = [{"colour": "red", "shape": "circle", "size": "small", "x": 30, "y": 80},
        {"colour": "blue", "shape": "square", "size": "large", "x": 120, "y": 84}]
@@ -65,7 +66,7 @@ def run(with_objects: bool):
                          {"fingerprint": "fp"})
     cfg = EvaluateConfig(beam_size=2, backend="python")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("pipeline.evaluate.score_captions", fake_scores)
+        patch.setattr("pipeline.evaluation.evaluate.score_captions", fake_scores)
         return evaluate(FakeCaptioner(), manifest(with_objects), table, cfg)
 
 

@@ -13,15 +13,17 @@ import pytest
 import torch
 import yaml
 
-from pipeline.captioner import Captioner
 from pipeline.checkpoint import load_checkpoint
-from pipeline import encoders, metrics
+from pipeline.data.formats import DataConfig
+from pipeline.data.manifest import build_manifest, safe_join, write_manifest
+from pipeline.data.scenes import SceneConfig, generate_scenes
+from pipeline.data.vocab import VocabConfig, build_vocab
 from pipeline.encoders import EncoderConfig, Preprocess, build_encoder
+from pipeline.encoders import registry
+from pipeline.evaluation import metrics
 from pipeline.features import FeaturesConfig, extract_features, load_features
-from pipeline.finetune import round_like_cache
-from pipeline.manifest import DataConfig, build_manifest, safe_join, write_manifest
-from pipeline.scenes import SceneConfig, generate_scenes
-from pipeline.vocab import VocabConfig, build_vocab
+from pipeline.inference.captioner import Captioner
+from pipeline.training.finetune import round_like_cache
 
 ENCODER = {"name": "efficientnet_lite0", "weights": "none"}
 # unfreeze_blocks: 2 = the last MBConv block and the 1x1 head conv + its batch-norm
@@ -33,10 +35,10 @@ def fast():
     """Lite0 on 64 px crops instead of 224 px: 12x less compute, the same code paths (every
     consumer, fingerprint included, reads the registry entry). And no WordNet for METEOR, whose
     loading takes longer than all the rest; test_metrics covers it."""
-    entry = encoders._REGISTRY[ENCODER["name"]]
+    entry = registry._REGISTRY[ENCODER["name"]]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(metrics, "load_wordnet", lambda *a, **k: None)
-        mp.setitem(encoders._REGISTRY, ENCODER["name"],
+        mp.setitem(registry._REGISTRY, ENCODER["name"],
                    dataclasses.replace(entry, preprocess=Preprocess(64, 64, entry.preprocess.mean,
                                                                     entry.preprocess.std, "bicubic")))
         yield

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.formats import FORMATS, FormatError
-from pipeline.manifest import DataConfig, UnsafePathError, build_manifest
+from pipeline.data.formats import FORMATS, DataConfig, FormatError
+from pipeline.data.manifest import UnsafePathError, build_manifest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "formats"
 HASHED = {"train", "val", "test"}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.grounded import aggregate, load_objects, parse, scene_axis, score_caption
-from pipeline.scenes import SceneConfig, captions, sample_scene
-from pipeline.vocab import tokenize
+from pipeline.data.scenes import SceneConfig, captions, sample_scene
+from pipeline.data.vocab import tokenize
+from pipeline.evaluation.grounded import aggregate, load_objects, parse, scene_axis, score_caption
 
 
 def obj(colour: str, shape: str, x: int, y: int, size: str = "small") -> dict:

@@ -3,9 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import images
+from pipeline.data import images
+from pipeline.data.images import ImageLoadError, collate_images, load_image_tensor, load_rgb, make_loader
 from pipeline.encoders import Preprocess
-from pipeline.images import ImageLoadError, collate_images, load_image_tensor, load_rgb, make_loader
 
 PRE = Preprocess(size=32, resize=36, mean=(0.5,) * 3, std=(0.5,) * 3)
 

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from pipeline.config import build
-from pipeline.manifest import (
-    DataConfig,
+from pipeline.data.formats import DataConfig
+from pipeline.data.manifest import (
     ManifestError,
     UnsafePathError,
     build_manifest,
@@ -182,7 +182,7 @@ def test_missing_and_captionless_images_are_dropped_and_reported(tmp_path, caplo
     root = write_jsonl(tmp_path, items)
     for i in (2, 5):
         (root / f"images/{i:05d}.png").unlink()
-    with caplog.at_level(logging.WARNING, logger="pipeline.manifest"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.manifest"):
         df, report = build_manifest(DataConfig(format="jsonl", root=str(root)))
     assert len(df) == 8 - 2 and "images/blank.png" not in set(df["image_id"])
     missing = report["dropped"]["missing on disk"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import nltk
 import pytest
 
-from pipeline import metrics, wordnet
+from pipeline.evaluation import metrics, wordnet
 
 # A realistic example: several references per image, capitals, punctuation and clitics, so
 # the tokenizer matters. Both backends must tokenize it identically.
@@ -143,7 +143,7 @@ def test_hypothesis_without_references_is_rejected():
 
 def test_auto_falls_back_to_python_without_java(monkeypatch, caplog):
     monkeypatch.setattr(metrics, "java_available", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="pipeline.metrics"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.evaluation.metrics"):
         report = metrics.score_captions(REFS, HYPS, backend="auto")
     assert report.backend == "python"
     assert "java" in caplog.text

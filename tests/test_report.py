@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import report
+from pipeline.evaluation import report
 
 
 def _items(tmp_path: Path, count: int) -> list[dict]:

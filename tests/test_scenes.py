@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline.config import build
-from pipeline.scenes import SceneConfig, generate_scenes
+from pipeline.data.scenes import SceneConfig, generate_scenes
 
 # The test's own idea of what each colour word looks like (deliberately not the
 # generator's palette), so a drawn shape must look like the colour its caption names.

@@ -1,4 +1,4 @@
-"""SCST: the CIDEr-D reward against pycocoevalcap (what pipeline.metrics scores with), sampling
+"""SCST: the CIDEr-D reward against pycocoevalcap (what pipeline.evaluation.metrics scores with), sampling
 bookkeeping, the leave-one-out baseline, gradients, and a few SCST steps raising the reward,
 on a tiny GRU decoder written here and on every registered decoder."""
 from __future__ import annotations
@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import metrics
+from pipeline.data.vocab import Vocab
 from pipeline.decoders import DECODERS, DecoderConfig, build_decoder
-from pipeline.scst import (CiderD, greedy_reward, leave_one_out_baseline, reference_tokens, sample,
-                           sample_rewards, scst_epoch, scst_loss)
-from pipeline.vocab import Vocab
+from pipeline.evaluation import metrics
+from pipeline.training.scst import (CiderD, greedy_reward, leave_one_out_baseline, reference_tokens, sample,
+                                    sample_rewards, scst_epoch, scst_loss)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -77,7 +77,7 @@ def teacher_forced_logp(decoder, features, tokens, mask, n_samples, banned=()):
 
 # --- the reward is the real metric -----------------------------------------------------------
 def test_cider_d_matches_pycocoevalcap_per_image_and_quick_score():
-    # pipeline.metrics scores CIDEr-D with pycocoevalcap, idf from the scored set's own
+    # pipeline.evaluation.metrics scores CIDEr-D with pycocoevalcap, idf from the scored set's own
     # references: build our scorer's document frequencies from the same set.
     ids = list(REFS)
     scorer = CiderD([[words(r) for r in REFS[i]] for i in ids])

@@ -3,10 +3,10 @@ import pandas as pd
 import torch
 
 from pipeline.checkpoint import load_checkpoint
-from pipeline.decoding import decode
-from pipeline.model import CaptionDecoder, DecoderConfig
-from pipeline.train import TrainConfig, caption_pairs, train
-from pipeline.vocab import Vocab, VocabConfig, build_vocab
+from pipeline.data.vocab import Vocab, VocabConfig, build_vocab
+from pipeline.decoders import DecoderConfig, ShowTell
+from pipeline.decoders.search import decode
+from pipeline.training.train import TrainConfig, caption_pairs, train
 
 COLOURS = ["red", "green", "blue", "yellow"]
 SHAPES = ["circle", "square", "star"]
@@ -35,7 +35,7 @@ def test_caption_pairs_pads_every_caption():
 
 
 def test_forward_shapes():
-    model = CaptionDecoder(16, 10, DecoderConfig(embed_size=8, hidden_size=12))
+    model = ShowTell(16, 10, DecoderConfig(embed_size=8, hidden_size=12))
     logits = model(torch.randn(4, 16), torch.randint(0, 10, (4, 7)))
     assert logits.shape == (4, 6, 10)
 
@@ -56,7 +56,7 @@ def test_training_learns_and_checkpoint_loads_safely(tmp_path):
     ckpt = load_checkpoint(tmp_path / "m.pt")  # weights_only=True inside
     assert ckpt["config"]["hidden_size"] == 64 and ckpt["extra"]["epoch"] == summary["best_epoch"]
     spec = ckpt["decoder"]
-    model = CaptionDecoder(spec["feature_dim"], spec["vocab_size"], DecoderConfig(32, 64, 1, 0.1))
+    model = ShowTell(spec["feature_dim"], spec["vocab_size"], DecoderConfig(32, 64, 1, 0.1))
     model.load_state_dict(ckpt["decoder_state"])
     loaded_vocab = Vocab.from_list(ckpt["vocab"])
     out = decode(model, val_feats, loaded_vocab.start_id, loaded_vocab.end_id, max_len=8)
@@ -66,7 +66,7 @@ def test_training_learns_and_checkpoint_loads_safely(tmp_path):
 
 
 def test_length_bucketed_batches_cover_every_pair_once_and_group_lengths():
-    from pipeline.train import length_bucketed_batches
+    from pipeline.training.train import length_bucketed_batches
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(3, 20, (1000,), generator=g)
     batches = length_bucketed_batches(lengths, 10, g)

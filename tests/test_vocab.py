@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.metrics import ptb_like_tokenize
-from pipeline.vocab import SPECIALS, Vocab, VocabConfig, build_vocab, tokenize, unk_rate
+from pipeline.data.vocab import SPECIALS, Vocab, VocabConfig, build_vocab, tokenize, unk_rate
+from pipeline.evaluation.metrics import ptb_like_tokenize
 
 
 def test_tokenize_lowercases_and_drops_punctuation():

@@ -1,6 +1,6 @@
 """Caption decoders, chosen with `train.decoder`.
 
-Contract shared by every decoder (and relied on by pipeline.decoding):
+Contract shared by every decoder (and relied on by pipeline.decoders.search):
 - class attribute `spatial`: False takes pooled features (N, D); True a map (N, C, h, w).
   Cached float16 features are cast to float32 inside.
 - forward(features, captions (B, T)) -> logits (B, T-1, V) predicting captions[:, 1:];

@@ -1,6 +1,6 @@
 """Show and Tell: pooled image feature -> Linear -> BatchNorm as the first LSTM input, then
 learned word embeddings, LSTM, dropout, Linear to the vocabulary. Parameter names are those of
-the former pipeline.model.CaptionDecoder, so its checkpoints load unchanged."""
+the original CaptionDecoder (before the decoder registry), so its checkpoints load unchanged."""
 from __future__ import annotations
 
 import torch

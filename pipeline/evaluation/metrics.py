@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.vocab import one_line, ptb_tokens
-from pipeline.wordnet import WORDNET_APT_PACKAGES, load_wordnet
+from pipeline.data.vocab import one_line, ptb_tokens
+from pipeline.evaluation.wordnet import WORDNET_APT_PACKAGES, load_wordnet
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def diversity(hypotheses: dict[str, str], train_captions: list[str] | None = Non
 
 def ptb_like_tokenize(sentence: str) -> str:
     """Pure-Python stand-in for `PTBTokenizer -preserveLines -lowerCase` followed by
-    pycocoevalcap's punctuation filter (pipeline.vocab.ptb_tokens, which the vocabulary uses too)."""
+    pycocoevalcap's punctuation filter (pipeline.data.vocab.ptb_tokens, which the vocabulary uses too)."""
     return " ".join(ptb_tokens(sentence))
 
 

@@ -8,12 +8,8 @@ the literature (Karpathy's 5k/5k) use the `karpathy` format instead."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .common import FormatError, Parsed, Record, hash_fraction, pick_prefix, read_json, where
-
-if TYPE_CHECKING:
-    from pipeline.manifest import DataConfig
+from .common import DataConfig, FormatError, Parsed, Record, hash_fraction, pick_prefix, read_json, where
 
 YEARS = ("2017", "2014")
 

@@ -28,12 +28,12 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.caption_store import (CaptionUsageError, Key, PartWriter, Previous, lock_parts_dir, merge_rows,
-                                    part_files, parts_dir_for, previous_rows, replace_atomically,
-                                    row_sources, settings_json, unlisted_keeper)
-from pipeline.captioner import Captioner
+from pipeline.data.images import ImageBatch, ImageDataset, collate_images
 from pipeline.hashing import file_sha256
-from pipeline.images import ImageBatch, ImageDataset, collate_images
+from pipeline.inference.caption_store import (CaptionUsageError, Key, PartWriter, Previous, lock_parts_dir, merge_rows,
+                                              part_files, parts_dir_for, previous_rows, replace_atomically, row_sources,
+                                              settings_json, unlisted_keeper)
+from pipeline.inference.captioner import Captioner
 
 logger = logging.getLogger(__name__)
 

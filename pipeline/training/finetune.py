@@ -1,6 +1,6 @@
 """End-to-end fine-tuning (`train.finetune: true`): the encoder's last blocks train together
 with the decoder, on images instead of cached features. Only the feature source differs
-from cached training; the loop is pipeline.train.fit.
+from cached training; the loop is pipeline.training.train.fit.
 
 The checkpoint then carries the fine-tuned encoder weights (`encoder_state`) and a fingerprint
 that differs from the feature cache's, so nothing reads stale cached features for it."""
@@ -15,12 +15,12 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline.data.images import ImageDataset, collate_images, make_loader
+from pipeline.data.manifest import RootGuard
+from pipeline.data.vocab import Vocab
 from pipeline.encoders import Encoder, EncoderConfig, build_encoder
 from pipeline.hashing import state_digest
-from pipeline.images import ImageDataset, collate_images, make_loader
-from pipeline.manifest import RootGuard
-from pipeline.train import TrainConfig, fit
-from pipeline.vocab import Vocab
+from pipeline.training.train import TrainConfig, fit
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
-"""What every format parser shares: the record it emits and tolerant readers for the
-text files real datasets ship (UTF-8 BOM, CRLF, blank lines, quoted commas).
+"""What every format parser shares: the config it reads (DataConfig), the record it emits and
+tolerant readers for the text files real datasets ship (UTF-8 BOM, CRLF, blank lines, quoted commas).
 
 Parsers only *read*; merging captions, assigning missing splits, checking paths and
-files is done once, centrally, in `pipeline.manifest`, so every format gets the same
+files is done once, centrally, in `pipeline.data.manifest`, so every format gets the same
 rules. A parser therefore never needs to be careful about anything but its own syntax.
 """
 from __future__ import annotations
@@ -19,6 +19,22 @@ from typing import Any
 
 class FormatError(ValueError):
     """An annotation file is malformed; the message names the file and line."""
+
+
+@dataclass
+class DataConfig:
+    """params.yaml section `data`: which source to read and how to split it. Lives here, not in
+    the manifest module, because every parser takes it: the manifest imports the formats, never
+    the other way round."""
+
+    format: str = "scenes"  # a key of pipeline.data.formats.FORMATS
+    root: str = "data/scenes"
+    val_fraction: float = 0.1  # of images without a split in the source
+    test_fraction: float = 0.1
+    seed: int = 0  # salts the split hash; changing it reshuffles train/val/test
+    check_files: bool = True  # drop (and report) listed images that are not on disk
+    captions_file: str = ""  # overrides the format's default caption file name
+    karpathy_file: str = ""  # which dataset_*.json, when the root holds several
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.encoders import Encoder
+from pipeline.encoders.registry import Encoder
 
 SPATIAL_LEVELS = ("none", "head", "s16", "s32", "s16+s32")
 

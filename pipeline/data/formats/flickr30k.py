@@ -7,12 +7,8 @@ Images live in `flickr30k_images/`, `Images/` or `images/`, whichever holds them
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .common import Parsed, Record, find_file, pick_prefix, read_flickr_captions, where
-
-if TYPE_CHECKING:
-    from pipeline.manifest import DataConfig
+from .common import DataConfig, Parsed, Record, find_file, pick_prefix, read_flickr_captions, where
 
 CAPTION_FILES = ("results_20130124.token", "results.csv", "captions.txt")
 IMAGE_DIRS = ("flickr30k_images/", "Images/", "images/")

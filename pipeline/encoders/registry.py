@@ -22,9 +22,9 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import nn
 
-from pipeline.efficientnet_lite import EfficientNetLite
-from pipeline.encoder_weights import (EncoderWeightsError, local_weights, packaged_weights, read_state_dict,
-                                     torchvision_weights)
+from pipeline.encoders.efficientnet_lite import EfficientNetLite
+from pipeline.encoders.weights import local_weights, packaged_weights, read_state_dict, torchvision_weights
+from pipeline.errors import EncoderWeightsError
 
 logger = logging.getLogger(__name__)
 

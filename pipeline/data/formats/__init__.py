@@ -1,20 +1,16 @@
 """Data-source formats. Each parser reads one layout into `Record`s; the manifest
-builder (`pipeline.manifest`) does the rest. Adding a format = one module + one line in
+builder (`pipeline.data.manifest`) does the rest. Adding a format = one module + one line in
 FORMATS."""
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import coco, csvfile, flickr8k, flickr30k, jsonl, karpathy
-from .common import FormatError, Parsed, Record, hash_fraction
+from .common import DataConfig, FormatError, Parsed, Record, hash_fraction
 
-if TYPE_CHECKING:
-    from pipeline.manifest import DataConfig
-
-Parser = Callable[[Path, "DataConfig"], Parsed]
+Parser = Callable[[Path, DataConfig], Parsed]
 
 FORMATS: dict[str, Parser] = {
     "scenes": functools.partial(jsonl.parse, default_file="captions.jsonl"),  # the embedded data set
@@ -26,4 +22,4 @@ FORMATS: dict[str, Parser] = {
     "karpathy": karpathy.parse,
 }
 
-__all__ = ["FORMATS", "FormatError", "Parsed", "Parser", "Record", "hash_fraction"]
+__all__ = ["FORMATS", "DataConfig", "FormatError", "Parsed", "Parser", "Record", "hash_fraction"]

@@ -16,13 +16,10 @@ from urllib.parse import urlparse
 
 import torch
 
+from pipeline.errors import EncoderWeightsError
 from pipeline.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
-
-
-class EncoderWeightsError(RuntimeError):
-    """Weights that cannot be found or do not fit the chosen encoder."""
 
 
 def can_reach(url: str, timeout: float = 2.0) -> bool:

@@ -1,6 +1,6 @@
 """Python API: load a trained checkpoint once, caption images.
 
-    from pipeline.captioner import Captioner
+    from pipeline.inference.captioner import Captioner
     captioner = Captioner.from_checkpoint("models/model.pt")
     captioner.generate_caption("photo.jpg")
     captioner.caption_batch(["a.jpg", "b.png"])  # bad files become results with .error set
@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 
 from pipeline.checkpoint import load_checkpoint
-from pipeline.decoding import Decoded, decode
-from pipeline.encoders import EncoderConfig, Preprocess, build_encoder
-from pipeline.hashing import state_digest, update_with_state
-from pipeline.images import ImageLoadError, load_image_tensor, make_loader
+from pipeline.data.images import ImageLoadError, load_image_tensor, make_loader
+from pipeline.data.vocab import Vocab
 from pipeline.decoders import decoder_from_spec
-from pipeline.feature_maps import SpatialEncoder
+from pipeline.decoders.search import Decoded, decode
+from pipeline.encoders import EncoderConfig, Preprocess, build_encoder
+from pipeline.encoders.feature_maps import SpatialEncoder
+from pipeline.hashing import state_digest, update_with_state
 from pipeline.runtime import resolve_device
-from pipeline.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 

@@ -9,13 +9,9 @@ root itself, or the folders the Flickr formats know."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import flickr8k, flickr30k
-from .common import FormatError, Parsed, Record, find_file, pick_prefix, read_json, where
-
-if TYPE_CHECKING:
-    from pipeline.manifest import DataConfig
+from .common import DataConfig, FormatError, Parsed, Record, find_file, pick_prefix, read_json, where
 
 FILES = ("dataset_coco.json", "dataset_flickr8k.json", "dataset_flickr30k.json")
 SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}

@@ -28,8 +28,8 @@ from typing import Hashable, Iterable, Sequence
 import torch
 from torch import nn
 
-from pipeline.decoding import checked_banned_ids, greedy
-from pipeline.vocab import Vocab, tokenize
+from pipeline.data.vocab import Vocab, tokenize
+from pipeline.decoders.search import checked_banned_ids, greedy
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def sample(decoder: nn.Module, features: torch.Tensor, start_id: int, end_id: in
     """Draw `n_samples` captions per image from the decoder's distribution (row = image * n + j).
     Returns tokens (N*n, T) (pad after <end>), their log-probabilities with grad (N*n, T, 0 where
     masked) and the mask (N*n, T) of tokens up to and including <end>; T <= max_len (the most
-    tokens a sample may have, <end> included, as in pipeline.decoding). Banned ids get
+    tokens a sample may have, <end> included, as in pipeline.decoders.search). Banned ids get
     probability 0 and the rest is renormalised: the log-probs are those of the policy sampled."""
     if max_len < 1:
         raise ValueError(f"max_len must be at least 1 (train.max_len), got {max_len}")

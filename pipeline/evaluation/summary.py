@@ -2,7 +2,7 @@
 the headline caption metrics beside the grounded ones (what captions get right about the
 image), instead of the dozens of columns `dvc metrics show` prints.
 
-    python -m pipeline.summary metrics/eval.json
+    python -m pipeline.evaluation.summary metrics/eval.json
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        logger.error("usage: python -m pipeline.summary metrics/eval.json")
+        logger.error("usage: python -m pipeline.evaluation.summary metrics/eval.json")
         return 2
     path = Path(args[0])
     try:

@@ -4,12 +4,8 @@ manifest builder; a missing or empty split is assigned deterministically."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .common import Parsed, Record, find_file, read_csv, where
-
-if TYPE_CHECKING:
-    from pipeline.manifest import DataConfig
+from .common import DataConfig, Parsed, Record, find_file, read_csv, where
 
 
 def parse(root: Path, cfg: DataConfig, default_file: str = "captions.csv") -> Parsed:

@@ -1,7 +1,7 @@
 """Tokenizer and vocabulary. Built from TRAIN captions only, so validation and test words
 the model never saw become <unk> exactly as they would for a deployed model.
 
-One tokenizer serves both the vocabulary and the Java-free metrics (pipeline/metrics.py), so the
+One tokenizer serves both the vocabulary and the Java-free metrics (pipeline/evaluation/metrics.py), so the
 model is trained on exactly the tokens it is scored on: a pure-Python stand-in for Stanford's
 `PTBTokenizer -preserveLines -lowerCase` followed by pycocoevalcap's punctuation filter."""
 from __future__ import annotations

@@ -10,12 +10,9 @@ gets a deterministic split. Images live in `Flicker8k_Dataset/` (sic), `Images/`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .common import FormatError, Parsed, Record, find_file, pick_prefix, read_flickr_captions, read_lines, where
-
-if TYPE_CHECKING:
-    from pipeline.manifest import DataConfig
+from .common import (DataConfig, FormatError, Parsed, Record, find_file, pick_prefix, read_flickr_captions,
+                     read_lines, where)
 
 CAPTION_FILES = ("Flickr8k.token.txt", "captions.txt")
 SPLIT_FILES = {

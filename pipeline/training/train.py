@@ -1,5 +1,5 @@
 """One plain training loop: teacher forcing on image features (cached, or from a trainable
-encoder when fine-tuning: see pipeline.finetune), a free-running validation score every epoch
+encoder when fine-tuning: see pipeline.training.finetune), a free-running validation score every epoch
 (not just the loss) for early stopping, best checkpoint kept, timings logged."""
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.decoding import decode
-from pipeline.metrics import quick_score
-from pipeline.scst import CiderD, reference_tokens, scst_epoch
+from pipeline.data.vocab import Vocab
 from pipeline.decoders import DECODERS, DecoderConfig, build_decoder
+from pipeline.decoders.search import decode
+from pipeline.evaluation.metrics import quick_score
 from pipeline.runtime import resolve_device, seed_everything
-from pipeline.vocab import Vocab
+from pipeline.training.scst import CiderD, reference_tokens, scst_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class TrainConfig(DecoderConfig):
     unfreeze_blocks: int = 2
     encoder_lr: float = 1e-4
     finetune_workers: int = 2
-    # Self-critical sequence training after cross-entropy (pipeline/scst.py): CIDEr-D reward,
+    # Self-critical sequence training after cross-entropy (pipeline/training/scst.py): CIDEr-D reward,
     # baseline = mean reward of the image's other samples. 0 epochs = off.
     scst_epochs: int = 0
     scst_lr: float = 5e-5
@@ -82,7 +82,7 @@ def length_bucketed_batches(lengths: torch.Tensor, batch_size: int, generator: t
 
 class FeatureSource(Protocol):
     """Where a batch's image features come from: the cache (CachedFeatures) or images run
-    through a trainable encoder (pipeline.finetune.EncoderFeatures). The loop is the same."""
+    through a trainable encoder (pipeline.training.finetune.EncoderFeatures). The loop is the same."""
     feature_shape: tuple[int, ...]  # (D,) pooled or (C, h, w) spatial
 
     def param_groups(self) -> list[dict]: ...  # optimiser groups beyond the decoder's

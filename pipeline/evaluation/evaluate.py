@@ -1,7 +1,7 @@
 """Test-split evaluation: free-running decoding (greedy and beam) from the cached features,
 the COCO caption metrics, diversity, a per-image table to sort by worst, and a caption sheet.
 Where the manifest carries the scenes' ground-truth objects, the grounded metric
-(pipeline.grounded) checks what each caption claims about its image, too.
+(pipeline.evaluation.grounded) checks what each caption claims about its image, too.
 A checkpoint whose encoder is not the cache's (fine-tuned: it carries `encoder_state`) is
 evaluated on features encoded from the image files by its own encoder instead."""
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from pipeline.captioner import Captioner
+from pipeline.data.images import make_loader
+from pipeline.data.manifest import OBJECTS, RootGuard
+from pipeline.evaluation.grounded import CaptionScore, aggregate, load_objects, score_caption
+from pipeline.evaluation.metrics import diversity, java_available, meteor_jar, score_captions
 from pipeline.features import FeatureTable
-from pipeline.images import make_loader
-from pipeline.grounded import CaptionScore, aggregate, load_objects, score_caption
-from pipeline.manifest import OBJECTS, RootGuard
-from pipeline.metrics import diversity, java_available, meteor_jar, score_captions
+from pipeline.inference.captioner import Captioner
 
 logger = logging.getLogger(__name__)
 SPLITS = ("test", "novel")  # novel: held-out attribute combinations, when the data set has them

@@ -1,4 +1,4 @@
-"""Grounded scene metric: what a caption of a synthetic scene (pipeline.scenes) says about
+"""Grounded scene metric: what a caption of a synthetic scene (pipeline.data.scenes) says about
 the image -- which objects, how many, where -- checked against the scene's true objects.
 
 BLEU and CIDEr reward wording shared with the references, so a caption that swaps two
@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from pipeline.scenes import COLOURS, RADIUS, SHAPES
+from pipeline.data.scenes import COLOURS, RADIUS, SHAPES
 
 SIZES = tuple(RADIUS)
 PLURALS = {s + ("es" if s.endswith("ss") else "s"): s for s in SHAPES}  # circles, crosses
@@ -224,7 +224,7 @@ def scene_axis(objects: list[dict]) -> str | None:
 
 def score_caption(caption: str, objects: list[dict]) -> CaptionScore:
     """What `caption` claims about the scene holding `objects` (dicts with shape, colour,
-    size, x, y, as pipeline.scenes writes them), and which of its words are wrong."""
+    size, x, y, as pipeline.data.scenes writes them), and which of its words are wrong."""
     p = parse(caption)
     score = CaptionScore(n_objects=len(objects), words=p.words)
     wrong: set[int] = set()

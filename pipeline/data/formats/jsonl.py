@@ -11,12 +11,8 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .common import FormatError, Parsed, Record, find_file, read_lines, where
-
-if TYPE_CHECKING:
-    from pipeline.manifest import DataConfig
+from .common import DataConfig, FormatError, Parsed, Record, find_file, read_lines, where
 
 logger = logging.getLogger(__name__)
 OBJECT_KEYS = {"shape", "colour", "size", "x", "y"}  # what the grounded metric reads

@@ -17,11 +17,11 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-from pipeline.batch import (DEFAULT_PATTERNS, EXIT_LISTING_INCOMPLETE, CaptionConfig, CaptionUsageError,
-                            caption_directory)
-from pipeline.captioner import CheckpointMismatchError
 from pipeline.config import ParamsError
-from pipeline.encoder_weights import EncoderWeightsError
+from pipeline.errors import EncoderWeightsError
+from pipeline.inference.batch import (DEFAULT_PATTERNS, EXIT_LISTING_INCOMPLETE, CaptionConfig, CaptionUsageError,
+                                      caption_directory)
+from pipeline.inference.captioner import CheckpointMismatchError
 from pipeline.runtime import resolve_device
 
 EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130  # and EXIT_LISTING_INCOMPLETE = 4

@@ -9,7 +9,7 @@ Contract (checked by `validate_manifest`, one row per image):
                          objects as JSON, for evaluate's grounded metric); null for other images
 The data root is stored in the Parquet schema metadata under b"data_root".
 
-`build_manifest` runs a format parser (pipeline.formats) and then applies the same rules
+`build_manifest` runs a format parser (pipeline.data.formats) and then applies the same rules
 to every source: paths are normalised and confined to the root, rows of one image are
 merged, an image that the source puts in two splits is an error, images without a split
 get a deterministic one from a seeded hash of their id, and images that are missing on
@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.formats import FORMATS, Record, hash_fraction
+from pipeline.data.formats import FORMATS, DataConfig, Record, hash_fraction
 
 logger = logging.getLogger(__name__)
 
@@ -50,20 +50,6 @@ SCHEMA = pa.schema(
         ("captions", pa.list_(pa.string())),
     ]
 )
-
-
-@dataclass
-class DataConfig:
-    """params.yaml section `data`: which source to read and how to split it."""
-
-    format: str = "scenes"  # a key of pipeline.formats.FORMATS
-    root: str = "data/scenes"
-    val_fraction: float = 0.1  # of images without a split in the source
-    test_fraction: float = 0.1
-    seed: int = 0  # salts the split hash; changing it reshuffles train/val/test
-    check_files: bool = True  # drop (and report) listed images that are not on disk
-    captions_file: str = ""  # overrides the format's default caption file name
-    karpathy_file: str = ""  # which dataset_*.json, when the root holds several
 
 
 class ManifestError(ValueError):
