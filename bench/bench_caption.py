@@ -86,7 +86,8 @@ def naive_loop(captioner: Captioner, paths: list[Path], max_len: int) -> float:
     start = time.perf_counter()
     for path in paths:
         image = Image.open(path).convert("RGB")
-        feature = captioner.encoder(captioner.preprocess(image).unsqueeze(0).to(captioner.device))
+        # encode(): the pooled vector or the spatial map, whichever the decoder reads
+        feature = captioner.encode(captioner.preprocess(image).unsqueeze(0))
         state, word, words = decoder.start(feature), vocab.start_id, []
         for _ in range(max_len):
             logp, state = decoder.step(torch.tensor([word], device=captioner.device), state)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +20,7 @@ TINY = {
     "data": {"val_fraction": 0.2, "test_fraction": 0.2},
     "features": {"batch_size": 16, "num_workers": 0},
     "vocab": {"min_freq": 1},
-    "train": {"epochs": 2, "embed_size": 32, "hidden_size": 32, "batch_size": 32},
+    "train": {"epochs": 2, "embed_size": 32, "hidden_size": 32, "batch_size": 32, "scst_epochs": 1},
     "evaluate": {"beam_size": 2, "sheet_images": 4},
 }
 
@@ -52,6 +53,12 @@ def test_repro_produces_every_artifact(project):
     metrics = json.loads((project / "metrics/eval.json").read_text())
     for key in ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider"):
         assert 0.0 <= metrics["test"]["beam"][key] <= 10.0
+    grounded = metrics["test"]["greedy"]["grounded"]  # the scenes carry their objects
+    assert 0.0 <= grounded["object_precision"] <= 1.0 and set(grounded["by_objects"]) <= {"1", "2", "3"}
+    checkpoint = torch.load(project / "models/model.pt", weights_only=True)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert checkpoint["decoder"]["decoder"] == params["train"]["decoder"]
+    assert checkpoint["encoder"]["spatial"] == params["features"]["spatial"]
     captions = pd.read_parquet(project / "outputs/captions.parquet")
     assert len(captions) == 24 and captions["caption"].notna().all()
     assert (project / "models/model.pt").stat().st_size > 0
