@@ -54,7 +54,10 @@ def test_repro_produces_every_artifact(project):
     for key in ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider"):
         assert 0.0 <= metrics["test"]["beam"][key] <= 10.0
     grounded = metrics["test"]["greedy"]["grounded"]  # the scenes carry their objects
-    assert 0.0 <= grounded["object_precision"] <= 1.0 and set(grounded["by_objects"]) <= {"1", "2", "3"}
+    # a 2-epoch model on 60 images may name no object at all (precision undefined: null)
+    assert grounded["n"] > 0 and 0.0 <= grounded["object_recall"] <= 1.0
+    assert grounded["object_precision"] is None or 0.0 <= grounded["object_precision"] <= 1.0
+    assert set(grounded["by_objects"]) <= {"1", "2", "3"}
     checkpoint = torch.load(project / "models/model.pt", weights_only=True)
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert checkpoint["decoder"]["decoder"] == params["train"]["decoder"]
