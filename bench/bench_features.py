@@ -25,8 +25,8 @@ from PIL import Image
 
 from pipeline.data.images import load_image_tensor
 from pipeline.encoders import EncoderConfig, build_encoder
-from pipeline.features import FeaturesConfig, autocast_dtype, extract_features
-from pipeline.runtime import resolve_device
+from pipeline.features import FeaturesConfig, extract_features
+from pipeline.runtime import autocast_dtype, resolve_device
 
 # Real photographs shipped inside scikit-image, so generated images compress and decode like photos.
 _PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "immunohistochemistry")

@@ -28,13 +28,12 @@ from pipeline.data.images import ImageLoadError, check_file, make_loader
 from pipeline.encoders import Encoder, EncoderConfig, build_encoder
 from pipeline.encoders.feature_maps import SPATIAL_LEVELS, SpatialEncoder
 from pipeline.hashing import file_sha256
-from pipeline.runtime import resolve_device
+from pipeline.runtime import PRECISIONS, autocast_dtype, precision_name, resolve_device
 
 logger = logging.getLogger(__name__)
 
 META_KEY = b"pipeline.features"  # Parquet schema metadata: JSON describing the encoder
 _CHUNK_BYTES = 64 << 20  # rows buffered before a row group is written: bounds memory with grid on
-_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Bump when the code that turns pixels into stored vectors changes (pooling, rounding, taps):
 # it is part of every row's key, so old caches are re-encoded instead of silently reused.
 FEATURES_CODE_VERSION = 2
@@ -54,22 +53,10 @@ class FeaturesConfig:
         if self.batch_size < 1 or self.num_workers < 0:
             raise ValueError(f"features.batch_size must be >= 1 and features.num_workers >= 0, "
                              f"got {self.batch_size} and {self.num_workers}")
-        if self.precision not in ("auto", *_PRECISIONS):
-            raise ValueError(f"features.precision {self.precision!r}: use auto, {', '.join(_PRECISIONS)}")
+        if self.precision not in ("auto", *PRECISIONS):
+            raise ValueError(f"features.precision {self.precision!r}: use auto, {', '.join(PRECISIONS)}")
         if self.spatial not in SPATIAL_LEVELS:
             raise ValueError(f"features.spatial {self.spatial!r}: use one of {', '.join(SPATIAL_LEVELS)}")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return _PRECISIONS[precision]
-
-
-def precision_name(dtype: torch.dtype | None) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def features_identity(encoder_fingerprint: str, precision: str, device_type: str, spatial: str) -> str:

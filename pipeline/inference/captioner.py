@@ -24,12 +24,9 @@ from pipeline.decoders.search import Decoded, decode
 from pipeline.encoders import EncoderConfig, Preprocess, build_encoder
 from pipeline.encoders.feature_maps import SpatialEncoder
 from pipeline.hashing import state_digest, update_with_state
-from pipeline.runtime import resolve_device
+from pipeline.runtime import PRECISIONS, resolve_device
 
 logger = logging.getLogger(__name__)
-
-# Autocast dtype per precision name, as the features stage records it in the checkpoint.
-_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -164,9 +161,9 @@ class Captioner:
         the features stage recorded its precision get the old rule: bf16 on CUDA, fp32 else."""
         if recorded is None:
             return "bf16" if self.device.type == "cuda" else "fp32"
-        if recorded not in _AUTOCAST:
+        if recorded not in PRECISIONS:
             raise CheckpointMismatchError(f"checkpoint encoder precision {recorded!r} is not one of "
-                                          f"{', '.join(_AUTOCAST)}: the checkpoint is damaged, retrain it")
+                                          f"{', '.join(PRECISIONS)}: the checkpoint is damaged, retrain it")
         return recorded
 
     @property
@@ -189,7 +186,7 @@ class Captioner:
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        dtype = _AUTOCAST[self.precision]
+        dtype = PRECISIONS[self.precision]
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             pooled, spatial = self.feature_maps(images)
         features = spatial if self.spatial else pooled
