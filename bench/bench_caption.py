@@ -98,6 +98,15 @@ def naive_loop(captioner: Captioner, paths: list[Path], max_len: int) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
+def print_figures(figures: dict, json_path: Path | None) -> None:
+    """One `name value` line per figure on stdout, and the same as JSON when asked."""
+    width = max(map(len, figures)) + 2
+    for key, value in figures.items():
+        print(f"{key:{width}s} {value}")
+    if json_path:
+        json_path.write_text(json.dumps(figures, indent=2) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=Path, help="directory of images (default: generate --count JPEGs)")
@@ -147,10 +156,7 @@ def main() -> None:
         "b_caption_batch_wall_img_s": round(b_wall, 2), "c_naive_loop_img_s": round(c, 2),
         "b_over_a": round(b_loop / a, 3), "b_over_c": round(b_loop / c, 2),
     }
-    for key, value in figures.items():
-        print(f"{key:28s} {value}")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    print_figures(figures, args.json)
 
 
 if __name__ == "__main__":

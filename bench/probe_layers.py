@@ -5,7 +5,8 @@ and its shape (6 classes), trained on some scenes, scored on others.
     python bench/probe_layers.py data/features.parquet data/scenes/captions.jsonl
 
 With features.spatial: s16+s32 the map holds both levels (Lite0: channels 0-111 = the 14x14x112
-block average-pooled to 7x7, 112-431 = the 7x7x320 block), so one file probes three choices.
+block average-pooled to 7x7, 112-431 = the 7x7x320 block), so one file probes three choices;
+s8+s16+s32 adds the 28x28x40 block pooled to 7x7 in front (channels 0-39): five choices.
 """
 from __future__ import annotations
 
@@ -76,6 +77,9 @@ def main() -> None:
     slices = {f"all {channels} channels ({table.meta.get('spatial')})": slice(0, channels)}
     if table.meta.get("spatial") == "s16+s32" and channels == 432:  # Lite0's two levels
         slices = {"s16 pooled to 7x7 (112)": slice(0, 112), "s32 (320)": slice(112, 432), **slices}
+    if table.meta.get("spatial") == "s8+s16+s32" and channels == 472:  # Lite0's three levels
+        slices = {"s8 pooled to 7x7 (40)": slice(0, 40), "s16 pooled to 7x7 (112)": slice(40, 152),
+                  "s32 (320)": slice(152, 472), "s16+s32 (432)": slice(40, 472), **slices}
     print(f"{len(xtr)} train / {len(xte)} test objects, grid {tuple(maps.shape[1:])}")
     for name, sl in slices.items():
         colour = probe(xtr[:, sl], ytr_c, xte[:, sl], yte_c, len(colours))

@@ -27,6 +27,8 @@ import torch
 from pipeline.data.images import ImageLoadError, check_file, make_loader
 from pipeline.encoders import Encoder, EncoderConfig, build_encoder
 from pipeline.encoders.feature_maps import SPATIAL_LEVELS, SpatialEncoder
+from pipeline.encoders.runtimes import (ExportedRuntime, TorchRuntime, build_runtime, check_runtime_name,
+                                        default_threads)
 from pipeline.hashing import file_sha256
 from pipeline.runtime import PRECISIONS, autocast_dtype, precision_name, resolve_device
 
@@ -45,9 +47,14 @@ class FeaturesConfig:
     num_workers: int = 2  # decoding processes running beside the forward pass
     device: str = "auto"  # auto = cuda if available, else cpu
     # Also store a (C, h, w) spatial map for the attention decoders (pipeline/encoders/feature_maps.py):
-    # none | head | s16 | s32 | s16+s32. About 42 KB per image in float16 for Lite0's s16 or s16+s32.
+    # none | head | s16 | s32 | s16+s32 | s8+s16+s32. In float16 for Lite0: 42 KB per image for s16 or
+    # s16+s32 (7x7x432), 46 KB for s8+s16+s32 (7x7x472).
     spatial: str = "none"
     precision: str = "auto"  # auto = bf16 (fp16 if no bf16) autocast on CUDA, fp32 on CPU | fp32 | bf16 | fp16
+    # Where the encoder runs (pipeline/encoders/runtimes.py): auto = torch on CUDA, else the fastest
+    # installed CPU runtime (openvino, then onnxruntime) | torch | openvino | onnxruntime
+    runtime: str = "auto"
+    threads: int = 0  # encoder threads; 0 = every core (measured best beside the workers: README Performance)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.num_workers < 0:
@@ -55,14 +62,21 @@ class FeaturesConfig:
                              f"got {self.batch_size} and {self.num_workers}")
         if self.precision not in ("auto", *PRECISIONS):
             raise ValueError(f"features.precision {self.precision!r}: use auto, {', '.join(PRECISIONS)}")
+        check_runtime_name(self.runtime, "features.runtime")
+        if self.threads < 0:
+            raise ValueError(f"features.threads must be >= 0 (0 = automatic), got {self.threads}")
         if self.spatial not in SPATIAL_LEVELS:
             raise ValueError(f"features.spatial {self.spatial!r}: use one of {', '.join(SPATIAL_LEVELS)}")
 
 
-def features_identity(encoder_fingerprint: str, precision: str, device_type: str, spatial: str) -> str:
-    """Everything that decides the stored vectors, as one short id (stored in the file's metadata)."""
+def features_identity(encoder_fingerprint: str, precision: str, device_type: str, spatial: str,
+                      runtime: str = "torch") -> str:
+    """Everything that decides the stored vectors, as one short id (stored in the file's metadata).
+    The runtime joins only when it is not torch, so caches from before runtimes stay valid."""
     ident = {"encoder": encoder_fingerprint, "precision": precision, "device": device_type,
              "spatial": spatial, "code": FEATURES_CODE_VERSION}
+    if runtime != "torch":
+        ident["runtime"] = runtime
     return "feat-" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -155,10 +169,10 @@ def _fixed_list_to_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
 
 
-def _encode(encoder: SpatialEncoder, todo: list[tuple[str, Path]], ids_by_key: dict[str, list[str]],
-            cfg: FeaturesConfig, device: torch.device, writer: _RowWriter, failures: list[dict]) -> int:
-    amp = autocast_dtype(cfg.precision, device)
-    loader = make_loader([p for _, p in todo], encoder.encoder.preprocess, cfg.batch_size, cfg.num_workers,
+def _encode(encoder: TorchRuntime | ExportedRuntime, preprocess, todo: list[tuple[str, Path]],
+            ids_by_key: dict[str, list[str]], cfg: FeaturesConfig, device: torch.device, writer: _RowWriter,
+            failures: list[dict]) -> int:
+    loader = make_loader([p for _, p in todo], preprocess, cfg.batch_size, cfg.num_workers,
                          pin_memory=device.type == "cuda")
     n_done, start, last_log = 0, time.perf_counter(), time.perf_counter()
     with torch.inference_mode():
@@ -168,9 +182,7 @@ def _encode(encoder: SpatialEncoder, todo: list[tuple[str, Path]], ids_by_key: d
                 failures += [{"image_id": i, "path": str(path), "error": reason} for i in ids_by_key[key]]
             if batch.images is None:
                 continue
-            x = batch.images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                pooled, grid = encoder(x)
+            pooled, grid = encoder(batch.images)
             keys = [todo[i][0] for i in batch.indices]
             n = [len(ids_by_key[k]) for k in keys]
             writer.add([i for k in keys for i in ids_by_key[k]], [k for k, m in zip(keys, n) for _ in range(m)],
@@ -199,12 +211,15 @@ def extract_features(items: list[tuple[str, Path]], encoder_cfg: EncoderConfig, 
     spatial = SpatialEncoder(encoder, cfg.spatial)
     grid_shape = spatial.spatial_shape()  # known before the first batch: the schema is written up front
     precision = precision_name(autocast_dtype(cfg.precision, device))
-    features_id = features_identity(encoder.fingerprint, precision, device.type, cfg.spatial)
+    threads = cfg.threads or default_threads()
+    torch.set_num_threads(threads)
+    runtime = build_runtime(spatial, cfg.runtime, device, precision, threads)
+    features_id = features_identity(encoder.fingerprint, precision, device.type, cfg.spatial, runtime.name)
     meta = {"name": encoder.name, "weights": encoder.weights, "weights_id": encoder.weights_id,
             "fingerprint": encoder.fingerprint, "preprocess": encoder.preprocess.to_dict(),
             "feature_dim": encoder.feature_dim, "grid_shape": grid_shape, "spatial": cfg.spatial,
             "precision": precision, "device_type": device.type, "code_version": FEATURES_CODE_VERSION,
-            "features_id": features_id}
+            "runtime": runtime.name, "features_id": features_id}
 
     failures: list[dict] = []
     ids_by_key: dict[str, list[str]] = defaultdict(list)
@@ -226,7 +241,8 @@ def extract_features(items: list[tuple[str, Path]], encoder_cfg: EncoderConfig, 
             logger.warning("cannot reuse %s (%s): re-encoding everything", out_path, err)
     reusable = old is not None and old.get("features_id") == features_id
     if old is not None and not reusable:
-        was = {k: old.get(k) for k in ("fingerprint", "precision", "device_type", "spatial", "code_version")}
+        was = {k: old.get(k) for k in ("fingerprint", "precision", "device_type", "spatial", "code_version",
+                                       "runtime")}
         now = {k: meta[k] for k in was}
         logger.info("%s was made by %s, now %s: re-encoding everything", out_path, was, now)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +254,8 @@ def extract_features(items: list[tuple[str, Path]], encoder_cfg: EncoderConfig, 
         logger.info("%s: %d images, %d reused, %d to encode, %d unreadable", encoder.name, len(items),
                     sum(len(ids_by_key[k]) for k in reused), len(todo), len(failures))
         encode_start = time.perf_counter()
-        n_encoded = _encode(spatial, todo, ids_by_key, cfg, device, writer, failures) if todo else 0
+        n_encoded = _encode(runtime, encoder.preprocess, todo, ids_by_key, cfg, device, writer, failures) \
+            if todo else 0
         encode_seconds = time.perf_counter() - encode_start
         writer.close()
         os.replace(tmp, out_path)  # readers never see a half-written file
@@ -256,7 +273,8 @@ def extract_features(items: list[tuple[str, Path]], encoder_cfg: EncoderConfig, 
              "seconds": round(seconds, 3), "encode_seconds": round(encode_seconds, 3),
              "images_per_s": round(n_encoded / encode_seconds, 2) if n_encoded else 0.0,
              "encoder": encoder.name, "fingerprint": encoder.fingerprint, "features_id": features_id,
-             "spatial": cfg.spatial, "grid_shape": grid_shape, "precision": precision, "device": str(device)}
+             "spatial": cfg.spatial, "grid_shape": grid_shape, "precision": precision, "device": str(device),
+             "runtime": runtime.name, "threads": threads, "num_workers": cfg.num_workers}
     logger.info("features: %s", stats)
     return stats
 

@@ -11,3 +11,18 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def runtime_cache(tmp_path_factory):
+    """Exported encoders (pipeline/encoders/runtimes.py) go to a folder of this test session, not
+    the user's ~/.cache; tests with the same encoder weights share one export."""
+    import os
+    folder = tmp_path_factory.mktemp("runtime-cache")
+    old = os.environ.get("CAPTION_PIPELINE_CACHE")
+    os.environ["CAPTION_PIPELINE_CACHE"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("CAPTION_PIPELINE_CACHE", None)
+    else:
+        os.environ["CAPTION_PIPELINE_CACHE"] = old

@@ -18,12 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.encoders.runtimes import resolve_runtime_name
 from pipeline.inference.batch import CaptionConfig, CaptionUsageError, caption_directory, list_images
 from pipeline.inference.caption_store import SCHEMA, parts_dir_for
 from pipeline.inference.captioner import Captioner
 from test_captioner import make_checkpoint, make_image
 
 CFG = dict(batch_size=4, num_workers=0, threads=1, beam_size=2, max_len=5, part_size=3)
+AUTO = resolve_runtime_name("auto", torch.device("cpu"), "fp32")[0]  # what runtime auto runs the encoder on
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -70,7 +72,8 @@ def test_schema_rows_and_listing(checkpoint, tmp_path):
         assert row["mean_logprob"] < 0
         assert row["content_hash"] == sha256(images / path)
         assert row["model_id"] == model_id and row["path_escaped"] is False
-        assert json.loads(row["settings"]) == {"beam_size": 2, "max_len": 5, "length_penalty": 0.7, "precision": "fp32"}
+        assert json.loads(row["settings"]) == {"beam_size": 2, "max_len": 5, "length_penalty": 0.7, "precision": "fp32",
+                                               "runtime": AUTO}
     assert summary["captioned"] == 3 and summary["failed"] == 0 and summary["reused"] == 0
     assert summary["new"] == 3 and summary["listing_incomplete"] is False
     assert not parts_dir_for(out).exists()  # work dir removed once OUT holds every row
@@ -202,7 +205,7 @@ def test_usage_errors(checkpoint, tmp_path):
         CaptionConfig(batch_size=0)
 
 
-GREEDY_SHORT = {"beam_size": 1, "max_len": 2, "length_penalty": 0.7, "precision": "fp32"}
+GREEDY_SHORT = {"beam_size": 1, "max_len": 2, "length_penalty": 0.7, "precision": "fp32", "runtime": AUTO}
 
 
 def test_changed_decoding_settings_recaption_and_each_row_names_its_settings(checkpoint, tmp_path):

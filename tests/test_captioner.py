@@ -208,7 +208,8 @@ def test_finetuned_checkpoint_is_verified_by_the_weights_it_carries(tmp_path):
 
 
 def test_encoder_runs_at_the_precision_its_features_were_made_with(checkpoint, tmp_path):
-    fp32 = Captioner.from_checkpoint(checkpoint)  # no precision recorded (older checkpoint): fp32 on CPU
+    # no precision recorded (older checkpoint): fp32 on CPU. torch runtime: compared bit for bit below.
+    fp32 = Captioner.from_checkpoint(checkpoint, runtime="torch")
     bf16 = Captioner.from_checkpoint(make_checkpoint(tmp_path / "bf16.pt", precision="bf16"))
     images = torch.stack([load_image_tensor(make_image(tmp_path / f"{i}.png", seed=i), fp32.preprocess)[0]
                           for i in range(2)]).contiguous(memory_format=torch.channels_last)
@@ -220,13 +221,15 @@ def test_encoder_runs_at_the_precision_its_features_were_made_with(checkpoint, t
     assert torch.equal(bf16.encode(images), autocast)
     assert torch.equal(fp32.encode(images), exact)
     assert (bf16.settings["precision"], fp32.settings["precision"]) == ("bf16", "fp32")
+    assert bf16.settings["runtime"] == "torch"  # auto: the exported runtimes run fp32 only
     with pytest.raises(CheckpointMismatchError, match="precision"):
         Captioner.from_checkpoint(make_checkpoint(tmp_path / "odd.pt", precision="fp8"))
 
 
 def test_settings_name_every_decoding_choice(checkpoint):
-    captioner = Captioner.from_checkpoint(checkpoint, beam_size=4, max_len=7, length_penalty=1)
-    assert captioner.settings == {"beam_size": 4, "max_len": 7, "length_penalty": 1.0, "precision": "fp32"}
+    captioner = Captioner.from_checkpoint(checkpoint, beam_size=4, max_len=7, length_penalty=1, runtime="torch")
+    assert captioner.settings == {"beam_size": 4, "max_len": 7, "length_penalty": 1.0, "precision": "fp32",
+                                  "runtime": "torch"}
 
 
 @pytest.mark.parametrize("decoder_name", ["attention", "transformer"])

@@ -6,10 +6,12 @@ import pytest
 from PIL import Image
 
 from pipeline.encoders import Encoder, EncoderConfig, Preprocess
+from pipeline.encoders import runtimes
 from pipeline.features import FeaturesConfig, extract_features, load_features
 
 LITE = EncoderConfig("efficientnet_lite0", "none")  # random init, seeded: fast and deterministic
-CFG = FeaturesConfig(batch_size=4, num_workers=0, device="cpu")
+# torch runtime: the cache tests count the images that go through the torch network.
+CFG = FeaturesConfig(batch_size=4, num_workers=0, device="cpu", runtime="torch")
 
 
 def photo(path, seed):
@@ -176,3 +178,22 @@ def test_damaged_previous_output_is_rebuilt_not_fatal(tmp_path, items):
     stats = run(tmp_path, items[:2])
     assert (stats["n_encoded"], stats["n_reused"]) == (2, 0)
     assert sorted(load_features(tmp_path / "features.parquet").ids) == ["im0", "im1"]
+
+
+@pytest.mark.parametrize("runtime", runtimes.EXPORTED)
+def test_exported_runtime_features_match_torch_and_are_their_own_cache(tmp_path, items, runtime):
+    if not runtimes.installed(runtime):
+        pytest.skip(f"{runtime} is not installed ({runtimes.INSTALL[runtime]})")
+    cfg = dict(batch_size=4, num_workers=0, device="cpu", spatial="s16+s32")
+    torch_run = run(tmp_path, items[:4], cfg=FeaturesConfig(**cfg, runtime="torch"), name="torch")
+    fast = run(tmp_path, items[:4], cfg=FeaturesConfig(**cfg, runtime=runtime), name="fast")
+    assert (fast["runtime"], torch_run["runtime"]) == (runtime, "torch")
+    want, got = load_features(tmp_path / "torch.parquet", grid=True), load_features(tmp_path / "fast.parquet", grid=True)
+    assert got.meta["runtime"] == runtime and got.meta["features_id"] != want.meta["features_id"]
+    ids = [f"im{i}" for i in range(4)]
+    for spatial in (False, True):  # float16 in the cache: allow its rounding on top of the runtime tolerance
+        a, b = want.lookup(ids, spatial=spatial).astype(np.float32), got.lookup(ids, spatial=spatial).astype(np.float32)
+        assert np.abs(a - b).max() <= runtimes.TOLERANCE + 2e-3 * np.abs(a).max()
+    # Another runtime is another features identity: nothing is reused across runtimes.
+    again = run(tmp_path, items[:4], cfg=FeaturesConfig(**cfg, runtime="torch"), name="fast")
+    assert (again["n_encoded"], again["n_reused"]) == (4, 0)

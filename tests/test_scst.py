@@ -11,7 +11,7 @@ from pipeline.data.vocab import Vocab
 from pipeline.decoders import DECODERS, DecoderConfig, build_decoder
 from pipeline.evaluation import metrics
 from pipeline.training.scst import (CiderD, greedy_reward, leave_one_out_baseline, reference_tokens, sample,
-                                    sample_rewards, scst_epoch, scst_loss)
+                                    sample_rewards, sequence_log_probs, scst_epoch, scst_loss)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -224,7 +224,7 @@ def test_scst_steps_raise_greedy_and_sampled_reward():
     # CIDEr-D starts near 0 here; seed 0 ends around 4 (greedy and sampled): keep a wide margin.
     assert sum(sampled[-10:]) / 10 > sum(sampled[:10]) / 10 + 2.0
     assert after > before + 2.0
-    assert decoder.training  # greedy_reward restored the mode scst_epoch set
+    assert decoder.training  # scst_epoch (eval inside) and greedy_reward restored the mode
 
 
 # --- every registered decoder -----------------------------------------------------------------
@@ -242,12 +242,20 @@ def test_registered_decoders_sample_consistently_and_train(name):
         tokens, logp, mask = sample(decoder, features, vocab.start_id, vocab.end_id, 5, 3,
                                     generator=torch.Generator().manual_seed(0))
         assert torch.allclose(logp, teacher_forced_logp(decoder, features, tokens, mask, 3), atol=1e-4)
+        assert torch.allclose(logp, sequence_log_probs(decoder, features, tokens, mask, 3, vocab.start_id,
+                                                       vocab.end_id), atol=1e-4)
+        # forward_rows encodes each image once for its samples: same logits as repeating the images.
+        rows = torch.tensor([0, 0, 2, 4, 4])
+        captions = torch.cat([torch.full((5, 1), vocab.start_id), tokens[:5]], 1)
+        assert torch.allclose(decoder.forward_rows(features, captions, rows), decoder(features[rows], captions),
+                              atol=1e-5)
+    decoder.train()  # scst_epoch samples in eval mode and puts the mode back
     optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-3)
     before = {k: v.clone() for k, v in decoder.state_dict().items()}
     out = scst_epoch(decoder, optimizer, features, refs, scorer, start_id=vocab.start_id,
                      end_id=vocab.end_id, max_len=5, n_samples=3, batch_size=2,
                      generator=torch.Generator().manual_seed(0))
-    assert out["steps"] == 2 and out["images"] == 5
+    assert out["steps"] == 2 and out["images"] == 5 and decoder.training
     assert all(torch.isfinite(torch.tensor(v)) for v in (out["loss"], out["reward"], out["baseline"]))
     assert not torch.equal(before["head.weight"], decoder.state_dict()["head.weight"])
 

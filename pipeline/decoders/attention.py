@@ -69,7 +69,14 @@ class SoftAttention(Decoder):
     def forward(self, features: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: logits (B, T-1, V) predicting captions[:, 1:]; keeps the doubly
         stochastic penalty of this batch for aux_loss()."""
-        memory, keys, h, c = self.encode(features)
+        return self._teacher_forced(self.encode(features), captions)
+
+    def forward_rows(self, features: torch.Tensor, captions: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        # Projection, attention keys and h0/c0 once per image, then one copy per caption.
+        return self._teacher_forced([t.index_select(0, rows) for t in self.encode(features)], captions)
+
+    def _teacher_forced(self, encoded, captions: torch.Tensor) -> torch.Tensor:
+        memory, keys, h, c = encoded
         word_gates = self.word_gates(self.word_embed(captions[:, :-1]))  # all steps in one matmul
         hs, alphas = [], []
         for step_gates in word_gates.unbind(1):  # unbind: one stack in backward, not a fill per step
@@ -94,7 +101,7 @@ class SoftAttention(Decoder):
     def step(self, tokens: torch.Tensor, state: dict):
         word_gates = self.word_gates(self.word_embed(tokens))
         h, c, _ = self.advance(word_gates, state["h"], state["c"], state["memory"], state["keys"])
-        # Same dropout as forward, so train-mode sampling (SCST) matches teacher forcing.
+        # Same dropout as forward: step() and forward() compute the same function in either mode.
         logp = torch.log_softmax(self.head(self.dropout(h)).float(), dim=-1)
         return logp, {**state, "h": h, "c": c}
 

@@ -47,6 +47,11 @@ class Decoder(nn.Module):
                 f"{tuple(features.shape[1:])}: re-extract features with the training encoder settings")
         return features.float()
 
+    def forward_rows(self, features: torch.Tensor, captions: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """forward(features[rows], captions): several captions of the same images (SCST's samples).
+        Decoders whose image encoding is costly override it to encode each image once."""
+        return self(features[rows], captions)
+
     def aux_loss(self) -> torch.Tensor:
         """Regulariser of the last forward, added to the loss by training (0 when none)."""
         return self.head.weight.new_zeros(())

@@ -6,7 +6,8 @@ Levels are named by output stride, so they mean the same on every encoder:
 - s32: the last block before the head at the same stride (Lite0: 7x7x320);
 - s16: the last block at twice the head's resolution (Lite0: 14x14x112; keeps the most colour);
 - s16+s32: s16 average-pooled onto the s32 grid and stacked with it (Lite0: 7x7x432): the
-  colour of s16 at the cost of 49 attention locations instead of 196.
+  colour of s16 at the cost of 49 attention locations instead of 196;
+- s8+s16+s32: the same plus the last stride-8 block (Lite0: 28x28x40), pooled 4x4 (7x7x472).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from pipeline.encoders.registry import Encoder
 
-SPATIAL_LEVELS = ("none", "head", "s16", "s32", "s16+s32")
+SPATIAL_LEVELS = ("none", "head", "s16", "s32", "s16+s32", "s8+s16+s32")
 
 
 def _candidates(trunk: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -30,7 +31,7 @@ def _candidates(trunk: nn.Module) -> list[tuple[str, nn.Module]]:
 
 @torch.inference_mode()
 def find_taps(encoder: Encoder) -> dict[str, str]:
-    """Module names of the s16 and s32 outputs, found by one probe forward on zeros."""
+    """Module names of the s8, s16 and s32 outputs, found by one probe forward on zeros."""
     sizes: dict[str, int] = {}
     modules = _candidates(encoder.trunk)
     hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: sizes.__setitem__(name, out.shape[-1]))
@@ -45,10 +46,23 @@ def find_taps(encoder: Encoder) -> dict[str, str]:
     names = [name for name, _ in modules if name in sizes]
     s32 = [n for n in names if sizes[n] == head_side]
     s16 = [n for n in names if sizes[n] > head_side]
+    s8 = [n for n in names if sizes[n] > 2 * head_side]
     if not s32 or not s16:
         raise ValueError(f"encoder {encoder.name!r} exposes no block outputs at the head's stride and the one "
                          f"before it: use features.spatial: head or none")
-    return {"s32": s32[-1], "s16": s16[-1]}
+    return {"s32": s32[-1], "s16": s16[-1], **({"s8": s8[-1]} if s8 else {})}
+
+
+def _pool_to(m: torch.Tensor, side: tuple[int, int]) -> torch.Tensor:
+    """Average-pool a map onto a coarser grid: pooling keeps colour (a low-frequency signal).
+    An integer ratio uses a fixed kernel (bit-identical to adaptive pooling there), which the
+    ONNX exporter can write; adaptive pooling is only its fallback for other ratios."""
+    height, width = (int(s) for s in m.shape[-2:])
+    if (height, width) == side:
+        return m
+    if height % side[0] == 0 and width % side[1] == 0:
+        return F.avg_pool2d(m.float(), (height // side[0], width // side[1])).to(m.dtype)
+    return F.adaptive_avg_pool2d(m.float(), side).to(m.dtype)
 
 
 class SpatialEncoder:
@@ -59,10 +73,13 @@ class SpatialEncoder:
         if level not in SPATIAL_LEVELS:
             raise ValueError(f"features.spatial {level!r}: use one of {', '.join(SPATIAL_LEVELS)}")
         self.encoder, self.level = encoder, level
-        self.parts = [p for p in level.split("+") if p in ("s16", "s32")]
+        self.parts = [p for p in level.split("+") if p in ("s8", "s16", "s32")]
         self._captured: dict[str, torch.Tensor] = {}
         if self.parts:
             taps = find_taps(encoder)
+            if "s8" in self.parts and "s8" not in taps:
+                raise ValueError(f"encoder {encoder.name!r} exposes no stride-8 block output: use features.spatial: "
+                                 f"s16+s32")
             modules = dict(encoder.trunk.named_modules())
             for part in self.parts:
                 modules[taps[part]].register_forward_hook(
@@ -76,9 +93,8 @@ class SpatialEncoder:
         if self.level == "head":
             return pooled, grid
         maps = [self._captured.pop(p) for p in self.parts]
-        side = maps[-1].shape[-2:]
-        # Average pooling keeps colour (a low-frequency signal) while matching the coarser grid.
-        maps = [m if m.shape[-2:] == side else F.adaptive_avg_pool2d(m.float(), side).to(m.dtype) for m in maps]
+        side = tuple(int(s) for s in maps[-1].shape[-2:])
+        maps = [_pool_to(m, side) for m in maps]
         return pooled, torch.cat(maps, dim=1) if len(maps) > 1 else maps[0]
 
     @torch.inference_mode()

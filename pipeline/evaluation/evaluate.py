@@ -21,6 +21,7 @@ from pipeline.data.manifest import OBJECTS, RootGuard
 from pipeline.evaluation.grounded import CaptionScore, aggregate, load_objects, score_caption
 from pipeline.evaluation.metrics import diversity, java_available, meteor_jar, score_captions
 from pipeline.features import FeatureTable
+from pipeline.encoders.runtimes import check_runtime_name
 from pipeline.inference.captioner import Captioner
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,10 @@ class EvaluateConfig:
     batch_size: int = 256
     image_batch_size: int = 32  # images per encoder forward when the cache cannot be used
     num_workers: int = 2  # image-decoding processes, same condition
+    runtime: str = "auto"  # encoder runtime when images are encoded (pipeline/encoders/runtimes.py)
+
+    def __post_init__(self) -> None:
+        check_runtime_name(self.runtime, "evaluate.runtime")
     backend: str = "auto"  # coco (pycocoevalcap + Java) | python | auto
     sheet_images: int = 12
 

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.data.images import ImageBatch, ImageDataset, collate_images
+from pipeline.encoders.runtimes import check_runtime_name, default_threads
 from pipeline.hashing import file_sha256
 from pipeline.inference.caption_store import (CaptionUsageError, Key, PartWriter, Previous, lock_parts_dir, merge_rows,
                                               part_files, parts_dir_for, previous_rows, replace_atomically, row_sources,
@@ -50,8 +51,9 @@ class CaptionConfig:
     images_dir: str = ""  # used by the DVC stage; the CLI takes the directory as an argument
     batch_size: int = 32
     num_workers: int = 2  # decoding processes beside the model; 0 = decode in this process
-    threads: int = 0  # torch threads for the model; 0 = torch's default (the number of cores)
+    threads: int = 0  # model threads; 0 = every core (measured best beside the workers: README Performance)
     device: str = "auto"  # auto | cpu | cuda
+    runtime: str = "auto"  # encoder runtime: auto | torch | openvino | onnxruntime (pipeline/encoders/runtimes.py)
     beam_size: int = 3  # 1 = greedy
     max_len: int = 20
     length_penalty: float = 0.7
@@ -65,6 +67,7 @@ class CaptionConfig:
                 raise ValueError(f"caption.{name} must be at least 1, got {getattr(self, name)}")
         if self.num_workers < 0 or self.threads < 0:
             raise ValueError("caption.num_workers and caption.threads must be >= 0")
+        check_runtime_name(self.runtime, "caption.runtime")
         if not self.patterns:
             raise ValueError("caption.patterns is empty: give at least one glob such as '*.jpg'")
 
@@ -221,11 +224,12 @@ def caption_directory(images_dir: str | Path, out_path: str | Path, checkpoint_p
     parts_dir = parts_dir_for(out)
     lock, finished = lock_parts_dir(parts_dir), False
     try:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        threads = cfg.threads or default_threads()
+        torch.set_num_threads(threads)
         captioner = Captioner.from_checkpoint(checkpoint_path, device=cfg.device, beam_size=cfg.beam_size,
                                               max_len=cfg.max_len, length_penalty=cfg.length_penalty,
-                                              allow_encoder_mismatch=allow_encoder_mismatch)
+                                              allow_encoder_mismatch=allow_encoder_mismatch,
+                                              runtime=cfg.runtime, threads=threads)
         identity = (captioner.model_id, settings_json(captioner.settings))
         unlisted: dict[str, str] = {}
         files = list(list_images(images_dir, cfg.patterns, cfg.recursive, exclude=[out, parts_dir],

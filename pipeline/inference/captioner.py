@@ -23,6 +23,7 @@ from pipeline.decoders import decoder_from_spec
 from pipeline.decoders.search import Decoded, decode
 from pipeline.encoders import EncoderConfig, Preprocess, build_encoder
 from pipeline.encoders.feature_maps import SpatialEncoder
+from pipeline.encoders.runtimes import build_runtime
 from pipeline.hashing import state_digest, update_with_state
 from pipeline.runtime import PRECISIONS, resolve_device
 
@@ -56,10 +57,13 @@ def model_digest(checkpoint: dict) -> str:
 
 class Captioner:
     """allow_encoder_mismatch: caption even when the rebuilt encoder is not the one the model was
-    trained with (its fingerprint differs); model_id then names the encoder actually used."""
+    trained with (its fingerprint differs); model_id then names the encoder actually used.
+    runtime: where the encoder runs (pipeline/encoders/runtimes.py: auto | torch | openvino |
+    onnxruntime); threads: its threads (0 = all cores)."""
 
     def __init__(self, checkpoint: dict, device: str = "cpu", beam_size: int = 3,
-                 max_len: int = 20, length_penalty: float = 0.7, allow_encoder_mismatch: bool = False):
+                 max_len: int = 20, length_penalty: float = 0.7, allow_encoder_mismatch: bool = False,
+                 runtime: str = "auto", threads: int = 0, runtime_cache: str | Path | None = None):
         missing = [k for k in ("vocab", "encoder", "decoder", "decoder_state") if k not in checkpoint]
         if missing:
             raise CheckpointMismatchError(f"checkpoint lacks {missing}: not written by the train stage")
@@ -104,6 +108,8 @@ class Captioner:
                 f"decoder expects features of shape {tuple(self.decoder.feature_shape)}, encoder {info['name']!r} "
                 f"gives {built} (features.spatial {level!r}): retrain the decoder on this encoder's features")
         self.encoder.to(self.device, memory_format=torch.channels_last).eval()
+        self._runtime_args = (runtime, threads, Path(runtime_cache) if runtime_cache else None)
+        self._runtime = None
         self.decoder.to(self.device).eval()
         self.beam_size, self.max_len, self.length_penalty = beam_size, max_len, length_penalty
         model_id = str(checkpoint.get("extra", {}).get("model_id") or f"{info['name']}-{model_digest(checkpoint)}")
@@ -167,12 +173,22 @@ class Captioner:
         return recorded
 
     @property
+    def runtime(self):
+        """The encoder on its runtime, built (exported, checked) on first use: evaluating from the
+        features cache never needs it."""
+        if self._runtime is None:
+            name, threads, cache = self._runtime_args
+            self._runtime = build_runtime(self.feature_maps, name, self.device, self.precision, threads, cache)
+        return self._runtime
+
+    @property
     def settings(self) -> dict:
         """Everything besides the model that decides a caption (caption-batch stores it in each
         row and resumes only rows made with equal settings). A language joins here when
         decoding gains one."""
         return {"beam_size": int(self.beam_size), "max_len": int(self.max_len),
-                "length_penalty": float(self.length_penalty), "precision": self.precision}
+                "length_penalty": float(self.length_penalty), "precision": self.precision,
+                "runtime": self.runtime.name}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", **kwargs) -> "Captioner":
@@ -185,10 +201,7 @@ class Captioner:
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        dtype = PRECISIONS[self.precision]
-        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            pooled, spatial = self.feature_maps(images)
+        pooled, spatial = self.runtime(images)
         features = spatial if self.spatial else pooled
         # Training saw features rounded to float16 in the cache; round the same way here so
         # captions from images equal captions from the cache.

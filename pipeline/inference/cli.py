@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from pipeline.config import ParamsError
+from pipeline.encoders.runtimes import RUNTIMES, RuntimeMismatchError, RuntimeUnavailableError
 from pipeline.errors import EncoderWeightsError
 from pipeline.inference.batch import (DEFAULT_PATTERNS, EXIT_LISTING_INCOMPLETE, CaptionConfig, CaptionUsageError,
                                       caption_directory)
@@ -34,6 +35,9 @@ class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+
+
+Runtime = Enum("Runtime", {name: name for name in RUNTIMES}, type=str)  # the encoder runtimes
 
 
 def _progress_bar(console: Console) -> Progress:
@@ -57,7 +61,10 @@ def main(
     batch_size: int = typer.Option(_DEFAULTS.batch_size, min=1, help="Images per forward pass."),
     workers: int = typer.Option(_DEFAULTS.num_workers, min=0,
                                 help="Image-decoding processes (0 = in the main process)."),
-    threads: int = typer.Option(_DEFAULTS.threads, min=0, help="Torch threads for the model (0 = torch default)."),
+    threads: int = typer.Option(_DEFAULTS.threads, min=0,
+                                help="Model threads (0 = every core)."),
+    runtime: Runtime = typer.Option(Runtime.auto, help="Where the encoder runs: auto = torch on CUDA, else the "
+                                    "fastest installed CPU runtime (openvino, onnxruntime), else torch."),
     beam_size: int = typer.Option(_DEFAULTS.beam_size, min=1, help="Beam width (1 = greedy)."),
     max_len: int = typer.Option(_DEFAULTS.max_len, min=1, help="Longest caption, in words."),
     length_penalty: float = typer.Option(_DEFAULTS.length_penalty, min=0.0,
@@ -84,7 +91,7 @@ def main(
         except RuntimeError as err:  # asked for CUDA on a machine without it
             raise CaptionUsageError(str(err)) from None
         cfg = CaptionConfig(images_dir=str(images), batch_size=batch_size, num_workers=workers, threads=threads,
-                            device=device.value, beam_size=beam_size, max_len=max_len,
+                            device=device.value, runtime=runtime.value, beam_size=beam_size, max_len=max_len,
                             length_penalty=length_penalty, part_size=part_size,
                             recursive=recursive, patterns=list(pattern or DEFAULT_PATTERNS))
         if console.is_terminal:
@@ -99,7 +106,7 @@ def main(
         else:
             summary = caption_directory(images, out, model, cfg, allow_encoder_mismatch=allow_encoder_mismatch)
     except (CaptionUsageError, CheckpointMismatchError, EncoderWeightsError, FileNotFoundError, ParamsError,
-            ValueError) as err:
+            RuntimeMismatchError, RuntimeUnavailableError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:

@@ -166,6 +166,24 @@ def sample(decoder: nn.Module, features: torch.Tensor, start_id: int, end_id: in
     return torch.stack(words, 1), torch.stack(logps, 1), torch.stack(masks, 1)
 
 
+def sequence_log_probs(decoder: nn.Module, features: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                      n_samples: int, start_id: int, end_id: int, banned_ids: Iterable[int] = ()) -> torch.Tensor:
+    """log p of given samples (row image * n + j, as sample() returns them) in one teacher-forced
+    forward pass, with the ban sample() applies; 0 where masked. Decoders with `forward_rows`
+    encode each image once for its n samples."""
+    rows = torch.arange(features.shape[0], device=features.device).repeat_interleave(n_samples)
+    captions = torch.cat([torch.full_like(tokens[:, :1], start_id), tokens], dim=1)
+    forward_rows = getattr(decoder, "forward_rows", None)
+    logits = forward_rows(features, captions, rows) if forward_rows else decoder(features[rows], captions)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    banned = torch.as_tensor(tuple(banned_ids), dtype=torch.long, device=logp.device)
+    if banned.numel():
+        logp = torch.log_softmax(logp.index_fill(2, banned, float("-inf")), dim=-1)
+    # Masked steps hold pad, which the ban sends to -inf: gather a valid id there, then zero it.
+    picked = logp.gather(2, torch.where(mask, tokens, end_id).unsqueeze(-1)).squeeze(-1)
+    return torch.where(mask, picked, torch.zeros_like(picked))
+
+
 def leave_one_out_baseline(rewards: torch.Tensor) -> torch.Tensor:
     """rewards (N, n) -> for each sample, the mean reward of the other n-1 samples of its image."""
     n = rewards.shape[1]
@@ -198,7 +216,11 @@ def scst_loss(decoder: nn.Module, features: torch.Tensor, image_refs: Sequence, 
                          "build CiderD(refs, end=vocab.end_id)")
     if n_samples < 2:
         raise ValueError(f"SCST's leave-one-out baseline needs n_samples >= 2, got {n_samples}")
-    tokens, logp, mask = sample(decoder, features, start_id, end_id, max_len, n_samples, banned_ids, generator)
+    # Sample without a graph, then score the samples in one teacher-forced pass: backward through
+    # ~20 incremental steps of small ops cost 3x the whole pass on a 2-core CPU.
+    with torch.no_grad():
+        tokens, _, mask = sample(decoder, features, start_id, end_id, max_len, n_samples, banned_ids, generator)
+    logp = sequence_log_probs(decoder, features, tokens, mask, n_samples, start_id, end_id, banned_ids)
     rewards = sample_rewards(scorer, tokens, mask, image_refs, n_samples)
     baseline = leave_one_out_baseline(rewards)
     advantage = (rewards - baseline).reshape(-1).to(logp.device)
@@ -227,9 +249,12 @@ def scst_epoch(decoder: nn.Module, optimizer: torch.optim.Optimizer, features: t
                scheduler=None) -> dict:
     """One SCST pass over the images (row i of `features` has the references image_refs[i]),
     in shuffled batches of `batch_size` images (x n_samples captions each). The decoder runs in
-    train mode, as in the reference implementations: the policy sampled is the one trained by
-    cross-entropy (dropout, where a decoder's step() applies it, and BatchNorm batch
-    statistics). Returns sample-weighted means of reward, baseline, sample length and loss."""
+    eval mode (no dropout, BatchNorm running statistics): the policy sampled and improved is the
+    one decoding uses at test time, and the teacher-forced pass that scores the samples sees the
+    same network that drew them (train-mode dropout would draw a different mask for each).
+    Measured on the default (README: Decoders): equal or better grounded figures than sampling
+    in train mode, and ~20% less time per epoch. The previous mode is restored. Returns sample-weighted means of reward, baseline, sample
+    length and loss."""
     if len(image_refs) != len(features):
         raise ValueError(f"{len(features)} images of features but {len(image_refs)} reference lists")
     if batch_size < 1:
@@ -240,7 +265,8 @@ def scst_epoch(decoder: nn.Module, optimizer: torch.optim.Optimizer, features: t
     t0 = time.time()
     batches = _batches(len(features), batch_size, generator)
     sampler = _sampling_generator(generator, device)  # derived once, then it advances
-    decoder.train()
+    was_training = decoder.training
+    decoder.eval()
     sums = {"reward": 0.0, "baseline": 0.0, "sample_length": 0.0, "loss": 0.0}
     for idx in batches:
         feats = features[idx.to(features.device)].to(device)
@@ -256,6 +282,7 @@ def scst_epoch(decoder: nn.Module, optimizer: torch.optim.Optimizer, features: t
         for key in ("reward", "baseline", "sample_length"):
             sums[key] += stats[key] * len(idx)
         sums["loss"] += loss.item() * len(idx)
+    decoder.train(was_training)
     out = {key: value / len(features) for key, value in sums.items()}
     out.update(images=len(features), steps=len(batches), seconds=time.time() - t0)
     logger.info("scst: reward %.3f (baseline %.3f), sample length %.1f, %d steps in %.1fs",
