@@ -28,7 +28,7 @@ from pipeline.data.images import ImageLoadError, check_file, make_loader
 from pipeline.encoders import Encoder, EncoderConfig, build_encoder
 from pipeline.encoders.feature_maps import SPATIAL_LEVELS, SpatialEncoder
 from pipeline.encoders.runtimes import (ExportedRuntime, TorchRuntime, build_runtime, check_runtime_name,
-                                        default_threads)
+                                        default_threads, default_workers)
 from pipeline.hashing import file_sha256
 from pipeline.runtime import PRECISIONS, autocast_dtype, precision_name, resolve_device
 
@@ -44,7 +44,7 @@ FEATURES_CODE_VERSION = 2
 @dataclass
 class FeaturesConfig:
     batch_size: int = 64
-    num_workers: int = 2  # decoding processes running beside the forward pass
+    num_workers: int = field(default_factory=default_workers)  # decoding processes beside the forward pass
     device: str = "auto"  # auto = cuda if available, else cpu
     # Also store a (C, h, w) spatial map for the attention decoders (pipeline/encoders/feature_maps.py):
     # none | head | s16 | s32 | s16+s32 | s8+s16+s32. In float16 for Lite0: 42 KB per image for s16 or

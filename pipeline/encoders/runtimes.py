@@ -72,6 +72,15 @@ def check_runtime_name(runtime: str, option: str) -> None:
         raise ValueError(f"{option} {runtime!r}: use one of {', '.join(RUNTIMES)}")
 
 
+def default_workers() -> int:
+    """Image-decoding processes when none are set. On 2 cores none at all was fastest in every
+    measured combination (the encoder's two threads need both cores; README: Performance); with
+    more cores, workers decode while the encoder runs (a GPU box needs them to keep the device
+    fed; a rule of thumb, not measured here)."""
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(8, cores // 2)
+
+
 def default_threads() -> int:
     """Inference threads when none are set: every core. Measured on 2 cores (README: Performance),
     two threads beat one with 0, 1 or 2 decoding workers beside them: the workers mostly wait."""

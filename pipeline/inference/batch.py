@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.data.images import ImageBatch, ImageDataset, collate_images
-from pipeline.encoders.runtimes import check_runtime_name, default_threads
+from pipeline.encoders.runtimes import check_runtime_name, default_threads, default_workers
 from pipeline.hashing import file_sha256
 from pipeline.inference.caption_store import (CaptionUsageError, Key, PartWriter, Previous, lock_parts_dir, merge_rows,
                                               part_files, parts_dir_for, previous_rows, replace_atomically, row_sources,
@@ -50,7 +50,7 @@ REASONS = ("reused", "new", "recaptioned_settings", "recaptioned_content", "retr
 class CaptionConfig:
     images_dir: str = ""  # used by the DVC stage; the CLI takes the directory as an argument
     batch_size: int = 32
-    num_workers: int = 2  # decoding processes beside the model; 0 = decode in this process
+    num_workers: int = field(default_factory=default_workers)  # decoding processes; 0 = in this process
     threads: int = 0  # model threads; 0 = every core (measured best beside the workers: README Performance)
     device: str = "auto"  # auto | cpu | cuda
     runtime: str = "auto"  # encoder runtime: auto | torch | openvino | onnxruntime (pipeline/encoders/runtimes.py)
