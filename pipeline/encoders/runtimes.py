@@ -200,6 +200,7 @@ def exported_runtime(spatial: SpatialEncoder, runtime: str, threads: int, cache_
     probe = probe_batch(spatial.encoder.preprocess.size)
     graph = _Graph(spatial).eval()
     if not path.is_file():
+        shutil.rmtree(folder, ignore_errors=True)  # an emptied or damaged cache folder: export afresh
         started = time.perf_counter()
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)
