@@ -75,6 +75,26 @@ def test_length_bucketed_batches_cover_every_pair_once_and_group_lengths():
     assert spread < 3  # random batches of 10 would spread over ~14 lengths
 
 
+def test_a_schedule_longer_than_the_run_stops_the_learning_rate_schedule_early(tmp_path):
+    """schedule_epochs: epoch 1 of a 1-epoch run planned over 3 epochs is epoch 1 of the 3-epoch run."""
+    import pytest
+    rows, feats = synthetic(48, 0)
+    val_rows, val_feats = synthetic(8, 1)
+    vocab = build_vocab([c for caps in rows.captions for c in caps], VocabConfig(min_freq=1))
+    base = dict(embed_size=16, hidden_size=16, batch_size=16, device="cpu", lr=5e-3)
+
+    def first_epoch_loss(name, **kw):
+        summary = train(rows, feats, val_rows, val_feats, vocab, TrainConfig(**base, **kw), tmp_path / name,
+                        {"name": "synthetic"})
+        return summary["history"][0]["train_loss"]
+    planned = first_epoch_loss("planned.pt", epochs=3, patience=9)
+    assert first_epoch_loss("stopped.pt", epochs=1, schedule_epochs=3) == planned
+    assert first_epoch_loss("short.pt", epochs=1) != planned  # a 1-epoch schedule warms up and decays sooner
+    with pytest.raises(ValueError, match="schedule_epochs"):
+        train(rows, feats, val_rows, val_feats, vocab, TrainConfig(**base, epochs=3, schedule_epochs=2),
+              tmp_path / "bad.pt", {"name": "synthetic"})
+
+
 def test_training_without_validation_images_is_a_clear_error(tmp_path):
     import pytest
     rows, feats = synthetic(8, 0)
