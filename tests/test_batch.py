@@ -18,14 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.encoders.runtimes import resolve_runtime_name
+from pipeline.encoders.runtimes import runtime_candidates
 from pipeline.inference.batch import CaptionConfig, CaptionUsageError, caption_directory, list_images
 from pipeline.inference.caption_store import SCHEMA, parts_dir_for
 from pipeline.inference.captioner import Captioner
 from test_captioner import make_checkpoint, make_image
 
 CFG = dict(batch_size=4, num_workers=0, threads=1, beam_size=2, max_len=5, part_size=3)
-AUTO = resolve_runtime_name("auto", torch.device("cpu"), "fp32")[0]  # what runtime auto runs the encoder on
+AUTO = runtime_candidates("auto", torch.device("cpu"), "fp32")[0]  # what runtime auto runs the encoder on
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -12,7 +12,7 @@ from pipeline.encoders import EncoderConfig, build_encoder
 from pipeline.encoders import runtimes
 from pipeline.encoders.feature_maps import SpatialEncoder
 from pipeline.encoders.runtimes import (RuntimeMismatchError, RuntimeUnavailableError, build_runtime,
-                                        resolve_runtime_name)
+                                        runtime_candidates)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CPU = torch.device("cpu")
@@ -100,13 +100,13 @@ def test_missing_runtime_names_the_install_command(monkeypatch, tmp_path):
 
 
 def test_runtime_choice():
-    assert resolve_runtime_name("auto", torch.device("cuda"), "bf16") == ["torch"]
-    assert resolve_runtime_name("auto", CPU, "bf16") == ["torch"]  # exports run fp32 only
-    assert resolve_runtime_name("auto", CPU, "fp32")[-1] == "torch"
-    assert resolve_runtime_name("auto", CPU, "fp32")[:-1] == [r for r in runtimes.EXPORTED if runtimes.installed(r)]
+    assert runtime_candidates("auto", torch.device("cuda"), "bf16") == ["torch"]
+    assert runtime_candidates("auto", CPU, "bf16") == ["torch"]  # exports run fp32 only
+    assert runtime_candidates("auto", CPU, "fp32")[-1] == "torch"
+    assert runtime_candidates("auto", CPU, "fp32")[:-1] == [r for r in runtimes.EXPORTED if runtimes.installed(r)]
     with pytest.raises(ValueError, match="precision to fp32"):
-        resolve_runtime_name("openvino", CPU, "bf16")
+        runtime_candidates("openvino", CPU, "bf16")
     with pytest.raises(ValueError, match="runs on the CPU"):
-        resolve_runtime_name("onnxruntime", torch.device("cuda"), "fp32")
+        runtime_candidates("onnxruntime", torch.device("cuda"), "fp32")
     with pytest.raises(ValueError, match="use one of auto, torch"):
-        resolve_runtime_name("tensorrt", CPU, "fp32")
+        runtime_candidates("tensorrt", CPU, "fp32")

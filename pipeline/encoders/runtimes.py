@@ -227,7 +227,7 @@ def exported_runtime(spatial: SpatialEncoder, runtime: str, threads: int, cache_
     return ExportedRuntime(runtime, run, path)
 
 
-def resolve_runtime_name(runtime: str, device: torch.device, precision: str) -> list[str]:
+def runtime_candidates(runtime: str, device: torch.device, precision: str) -> list[str]:
     """The runtimes to try, in order: `auto` = torch on CUDA or under reduced precision, else
     the installed optimised runtimes (fastest first) and torch last."""
     check_runtime_name(runtime, "encoder runtime")
@@ -247,7 +247,7 @@ def resolve_runtime_name(runtime: str, device: torch.device, precision: str) -> 
 def build_runtime(spatial: SpatialEncoder, runtime: str, device: torch.device, precision: str = "fp32",
                   threads: int = 0, cache_dir: Path | None = None) -> TorchRuntime | ExportedRuntime:
     """The encoder on `runtime` (see the module docstring). threads: 0 = default_threads()."""
-    choices = resolve_runtime_name(runtime, device, precision)
+    choices = runtime_candidates(runtime, device, precision)
     for name in choices:
         if name == "torch":
             return TorchRuntime(spatial, device, precision)
