@@ -275,3 +275,35 @@ def test_a_directory_that_cannot_be_listed_keeps_its_finished_rows(checkpoint, t
     deny_listing(monkeypatch, images / "sub", times=None)  # still failing at the merge: cannot tell
     summary = caption_directory(images, out, checkpoint, CaptionConfig(**CFG))
     assert set(read(out)) == {"a.png", "sub/c.png", "sub/e.png"} and summary["kept_unlisted"] == 2
+
+
+def test_overlapped_encoding_gives_the_rows_of_the_plain_loop_and_keeps_them_on_a_crash(checkpoint, tmp_path,
+                                                                                        monkeypatch):
+    images = tmp_path / "images"
+    for i in range(11):
+        make_image(images / f"{i:02d}.png", i)
+    (images / "05b.png").write_bytes(b"not a png")
+    plain, overlapped = tmp_path / "plain.parquet", tmp_path / "overlapped.parquet"
+    caption_directory(images, plain, checkpoint, CaptionConfig(**CFG, overlap=False))
+    caption_directory(images, overlapped, checkpoint, CaptionConfig(**CFG, overlap=True))
+    assert read(overlapped) == read(plain)  # same captions, errors, hashes, in every field
+
+    # Decoding of the third batch fails while the fourth is being encoded ahead: the rows of
+    # the first two batches must be in part files, and a rerun reuses them.
+    calls, original = [], Captioner.caption_features
+
+    def failing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("decoder crashed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Captioner, "caption_features", failing)
+    crashed = tmp_path / "crashed.parquet"
+    with pytest.raises(RuntimeError, match="decoder crashed"):
+        caption_directory(images, crashed, checkpoint, CaptionConfig(**CFG, overlap=True))
+    monkeypatch.setattr(Captioner, "caption_features", original)
+    resumed = caption_directory(images, crashed, checkpoint, CaptionConfig(**CFG, overlap=True))
+    # batches of 4 in name order: the first two (7 images and the bad file) finished before the crash
+    assert (resumed["reused"], resumed["retried"], resumed["captioned"]) == (7, 1, 4)
+    assert read(crashed) == read(plain)

@@ -81,8 +81,8 @@ def test_help_lists_every_option_with_its_default():
 def slow_cli(argv: list[str]) -> None:
     """The real command in a forked child (no second interpreter start-up), slowed to ~0.3 s
     per batch so that the test can SIGKILL it mid-run after some part files exist."""
-    original = Captioner.caption_tensors
-    Captioner.caption_tensors = lambda self, *a, **k: (time.sleep(0.3), original(self, *a, **k))[1]
+    original = Captioner.caption_features
+    Captioner.caption_features = lambda self, *a, **k: (time.sleep(0.3), original(self, *a, **k))[1]
     sys.argv = ["caption-batch", *argv]
     app()
 

@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -60,6 +61,9 @@ class CaptionConfig:
     recursive: bool = True
     patterns: list[str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))  # case-insensitive globs on names
     part_size: int = 512  # rows per part file: the most work a killed run can lose
+    # Read and encode batch k+1 in a thread while batch k is beam-searched: the exported
+    # encoders and torch release the GIL, so the two overlap (README: Performance).
+    overlap: bool = True
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "beam_size", "max_len", "part_size"):
@@ -270,6 +274,30 @@ def caption_directory(images_dir: str | Path, out_path: str | Path, checkpoint_p
     return summary
 
 
+def _encoded_batches(loader: DataLoader, captioner: Captioner, overlap: bool) -> Iterator[tuple[_Batch, torch.Tensor | None]]:
+    """(batch, its features) in order. With overlap, the next batch is read and encoded in a
+    second thread while the caller decodes this one; at most one batch is ahead, so memory
+    stays flat and an interruption loses no finished row (the caller writes as it goes)."""
+    batches = iter(loader)
+
+    def read_and_encode() -> tuple[_Batch, torch.Tensor | None] | None:
+        batch = next(batches, None)
+        if batch is None:
+            return None
+        images = batch.images.images
+        return batch, (captioner.encode(images) if images is not None else None)
+
+    if not overlap:
+        while (item := read_and_encode()) is not None:
+            yield item
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="encode") as pool:
+        ahead = pool.submit(read_and_encode)
+        while (item := ahead.result()) is not None:
+            ahead = pool.submit(read_and_encode)
+            yield item
+
+
 def _caption_files(files: list[ImageFile], captioner: Captioner, identity: tuple[str, str], cfg: CaptionConfig,
                    previous: dict[Key, Previous], writer: PartWriter,
                    progress: Callable[[int, int], None] | None) -> dict:
@@ -279,12 +307,12 @@ def _caption_files(files: list[ImageFile], captioner: Captioner, identity: tuple
     stats = {"captioned": 0, "errors": 0, **{reason: 0 for reason in REASONS}}
     seen, started, last_log = 0, time.time(), time.time()
     try:
-        for batch in loader:
+        for batch, features in _encoded_batches(loader, captioner, cfg.overlap):
             b = batch.images
             for index, error in b.failures:
                 writer.add(_row(files[index], identity, batch.hashes[index], error=error))
-            if b.images is not None:
-                captions, confidence = captioner.caption_tensors(b.images)
+            if features is not None:
+                captions, confidence = captioner.caption_features(features)
                 for index, caption, conf, size in zip(b.indices, captions, confidence, b.sizes):
                     writer.add(_row(files[index], identity, batch.hashes[index],
                                     caption=caption, confidence=conf, size=size))

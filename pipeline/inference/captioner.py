@@ -18,7 +18,7 @@ import torch
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.data.images import ImageLoadError, load_image_tensor, make_loader
-from pipeline.data.vocab import Vocab
+from pipeline.data.vocab import from_payload
 from pipeline.decoders import decoder_from_spec
 from pipeline.decoders.search import Decoded, decode
 from pipeline.encoders import EncoderConfig, Preprocess, build_encoder
@@ -68,7 +68,7 @@ class Captioner:
         if missing:
             raise CheckpointMismatchError(f"checkpoint lacks {missing}: not written by the train stage")
         self.device = resolve_device(device)
-        self.vocab = Vocab.from_list(checkpoint["vocab"])
+        self.vocab = from_payload(checkpoint["vocab"])  # word list or sentencepiece model
         info = checkpoint["encoder"]
         self.encoder_info = info
         self.encoder = build_encoder(EncoderConfig(name=info["name"], weights=info["weights"],
@@ -213,10 +213,14 @@ class Captioner:
         return decode(self.decoder, features.to(self.device), self.vocab.start_id, self.vocab.end_id,
                       self.max_len, beam, self.length_penalty, banned_ids=banned)
 
+    def caption_features(self, features: torch.Tensor, beam_size: int | None = None) -> tuple[list[str], list[float]]:
+        """Encoded images (what encode() returns) -> captions and their mean token log-probabilities."""
+        out = self.decode_features(features, beam_size)
+        return [self.vocab.decode(t) for t in out.tokens], out.mean_logprob
+
     def caption_tensors(self, images: torch.Tensor, beam_size: int | None = None) -> tuple[list[str], list[float]]:
         """Preprocessed images (N, C, H, W) -> captions and their mean token log-probabilities."""
-        out = self.decode_features(self.encode(images), beam_size)
-        return [self.vocab.decode(t) for t in out.tokens], out.mean_logprob
+        return self.caption_features(self.encode(images), beam_size)
 
     def generate_caption(self, image_path: str | Path, beam_size: int | None = None) -> str:
         """Caption one image; raises ImageLoadError with the reason for an unreadable file."""
