@@ -1,6 +1,7 @@
-"""Checkpoint = decoder weights + vocabulary + resolved config + encoder identity (and its
-weights when fine-tuned). Only tensors and plain Python types, so it loads with
-torch.load(weights_only=True): opening a checkpoint can never execute code."""
+"""Checkpoint = decoder weights + vocabulary (Vocab.payload: the word list, or the sentencepiece
+model as base64 text) + resolved config + encoder identity (and its weights when fine-tuned).
+Only tensors and plain Python types, so it loads with torch.load(weights_only=True): opening a
+checkpoint can never execute code."""
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ import torch
 FORMAT = "captioner-checkpoint-v1"
 
 
-def save_checkpoint(path: str | Path, *, decoder_state: dict, decoder: dict, vocab: list[str],
+def save_checkpoint(path: str | Path, *, decoder_state: dict, decoder: dict, vocab: list[str] | dict,
                     encoder: dict, config: dict, encoder_state: dict | None = None,
                     extra: dict | None = None) -> None:
     payload: dict[str, Any] = {

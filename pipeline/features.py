@@ -55,6 +55,9 @@ class FeaturesConfig:
     # installed CPU runtime (openvino, then onnxruntime) | torch | openvino | onnxruntime
     runtime: str = "auto"
     threads: int = 0  # encoder threads; 0 = every core (measured best beside the workers: README Performance)
+    # local | ray: the encode loop as Ray Data operators on a local or remote cluster ($RAY_ADDRESS),
+    # same file (pipeline/distributed/ray_features.py; pip install -e '.[ray]')
+    engine: str = "local"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.num_workers < 0:
@@ -67,6 +70,8 @@ class FeaturesConfig:
             raise ValueError(f"features.threads must be >= 0 (0 = automatic), got {self.threads}")
         if self.spatial not in SPATIAL_LEVELS:
             raise ValueError(f"features.spatial {self.spatial!r}: use one of {', '.join(SPATIAL_LEVELS)}")
+        if self.engine not in ("local", "ray"):
+            raise ValueError(f"features.engine {self.engine!r}: use local or ray")
 
 
 def features_identity(encoder_fingerprint: str, precision: str, device_type: str, spatial: str,
@@ -169,6 +174,22 @@ def _fixed_list_to_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
 
 
+def store_batch(todo: list[tuple[str, Path]], ids_by_key: dict[str, list[str]], writer: _RowWriter,
+                failures: list[dict], failed: list[tuple[int, str]], indices: list[int], pooled: np.ndarray | None,
+                grid: np.ndarray | None) -> None:
+    """One encoded batch (float16 arrays, rows of `indices` into todo) as rows of every image id
+    of its contents; `failed`: (index into todo, reason) of the images that could not be read."""
+    for index, reason in failed:
+        key, path = todo[index]
+        failures += [{"image_id": i, "path": str(path), "error": reason} for i in ids_by_key[key]]
+    if not indices:
+        return
+    keys = [todo[i][0] for i in indices]
+    n = [len(ids_by_key[k]) for k in keys]
+    writer.add([i for k in keys for i in ids_by_key[k]], [k for k, m in zip(keys, n) for _ in range(m)],
+               np.repeat(pooled, n, axis=0), np.repeat(grid, n, axis=0) if writer.grid_size else None)
+
+
 def _encode(encoder: TorchRuntime | ExportedRuntime, preprocess, todo: list[tuple[str, Path]],
             ids_by_key: dict[str, list[str]], cfg: FeaturesConfig, device: torch.device, writer: _RowWriter,
             failures: list[dict]) -> int:
@@ -177,34 +198,21 @@ def _encode(encoder: TorchRuntime | ExportedRuntime, preprocess, todo: list[tupl
     n_done, start, last_log = 0, time.perf_counter(), time.perf_counter()
     with torch.inference_mode():
         for batch in loader:
-            for index, reason in batch.failures:
-                key, path = todo[index]
-                failures += [{"image_id": i, "path": str(path), "error": reason} for i in ids_by_key[key]]
-            if batch.images is None:
-                continue
-            pooled, grid = encoder(batch.images)
-            keys = [todo[i][0] for i in batch.indices]
-            n = [len(ids_by_key[k]) for k in keys]
-            writer.add([i for k in keys for i in ids_by_key[k]], [k for k, m in zip(keys, n) for _ in range(m)],
-                       np.repeat(pooled.half().cpu().numpy(), n, axis=0),
-                       np.repeat(grid.half().cpu().numpy(), n, axis=0) if writer.grid_size else None)
-            n_done += len(keys)
+            pooled, grid = encoder(batch.images) if batch.images is not None else (None, None)
+            store_batch(todo, ids_by_key, writer, failures, batch.failures, batch.indices,
+                        None if pooled is None else pooled.half().cpu().numpy(),
+                        grid.half().cpu().numpy() if writer.grid_size and grid is not None else None)
+            n_done += len(batch.indices)
             if time.perf_counter() - last_log > 10:
                 last_log = time.perf_counter()
                 logger.info("encoded %d/%d images (%.1f images/s)", n_done, len(todo), n_done / (last_log - start))
     return n_done
 
 
-def extract_features(items: list[tuple[str, Path]], encoder_cfg: EncoderConfig, cfg: FeaturesConfig,
-                     out_path: Path, errors_path: Path) -> dict[str, Any]:
-    """Write one row per decodable image of `items` ((image_id, path) pairs) to `out_path`."""
-    start = time.perf_counter()
-    out_path, errors_path = Path(out_path), Path(errors_path)
-    ids = [image_id for image_id, _ in items]
-    if len(set(ids)) != len(ids):
-        dupes = sorted(i for i, n in Counter(ids).items() if n > 1)[:5]
-        raise ValueError(f"duplicate image ids in the features input, e.g. {dupes}: ids must be unique")
-    device = resolve_device(cfg.device)
+def build_features_encoder(encoder_cfg: EncoderConfig, cfg: FeaturesConfig, device: torch.device
+                           ) -> tuple[Encoder, TorchRuntime | ExportedRuntime, dict[str, Any], int]:
+    """The encoder on its runtime as this stage runs it (also in each Ray actor), the file's
+    metadata (`features_id` included) and the threads it runs with."""
     encoder = build_encoder(encoder_cfg).optimize_for_inference()
     # channels_last: faster on GPU tensor cores, and measured faster on CPU (oneDNN) too
     encoder.to(device, memory_format=torch.channels_last)
@@ -220,6 +228,21 @@ def extract_features(items: list[tuple[str, Path]], encoder_cfg: EncoderConfig, 
             "feature_dim": encoder.feature_dim, "grid_shape": grid_shape, "spatial": cfg.spatial,
             "precision": precision, "device_type": device.type, "code_version": FEATURES_CODE_VERSION,
             "runtime": runtime.name, "features_id": features_id}
+    return encoder, runtime, meta, threads
+
+
+def extract_features(items: list[tuple[str, Path]], encoder_cfg: EncoderConfig, cfg: FeaturesConfig,
+                     out_path: Path, errors_path: Path) -> dict[str, Any]:
+    """Write one row per decodable image of `items` ((image_id, path) pairs) to `out_path`."""
+    start = time.perf_counter()
+    out_path, errors_path = Path(out_path), Path(errors_path)
+    ids = [image_id for image_id, _ in items]
+    if len(set(ids)) != len(ids):
+        dupes = sorted(i for i, n in Counter(ids).items() if n > 1)[:5]
+        raise ValueError(f"duplicate image ids in the features input, e.g. {dupes}: ids must be unique")
+    device = resolve_device(cfg.device)
+    encoder, runtime, meta, threads = build_features_encoder(encoder_cfg, cfg, device)
+    features_id, precision, grid_shape = meta["features_id"], meta["precision"], meta["grid_shape"]
 
     failures: list[dict] = []
     ids_by_key: dict[str, list[str]] = defaultdict(list)
@@ -254,8 +277,12 @@ def extract_features(items: list[tuple[str, Path]], encoder_cfg: EncoderConfig, 
         logger.info("%s: %d images, %d reused, %d to encode, %d unreadable", encoder.name, len(items),
                     sum(len(ids_by_key[k]) for k in reused), len(todo), len(failures))
         encode_start = time.perf_counter()
-        n_encoded = _encode(runtime, encoder.preprocess, todo, ids_by_key, cfg, device, writer, failures) \
-            if todo else 0
+        if cfg.engine == "ray" and todo:
+            from pipeline.distributed.ray_features import encode_with_ray
+            n_encoded = encode_with_ray(encoder_cfg, cfg, meta, todo, ids_by_key, writer, failures)
+        else:
+            n_encoded = _encode(runtime, encoder.preprocess, todo, ids_by_key, cfg, device, writer, failures) \
+                if todo else 0
         encode_seconds = time.perf_counter() - encode_start
         writer.close()
         os.replace(tmp, out_path)  # readers never see a half-written file

@@ -1,5 +1,12 @@
 """Stage `train`: fit the decoder (train.decoder) on cached features (or end to end on images when
-`train.finetune` is on); DVCLive logs the curves, the best-validation checkpoint is kept."""
+`train.finetune` is on); DVCLive logs the curves, the best-validation checkpoint is kept.
+Data-parallel under torchrun, which the stage starts itself when `train.nproc` > 1; only rank 0
+writes DVCLive and the checkpoint."""
+import argparse
+import logging
+import subprocess
+import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -9,8 +16,10 @@ from pipeline.config import load_section
 from pipeline.data.manifest import read_manifest
 from pipeline.data.vocab import Vocab
 from pipeline.decoders import decoder_class
+from pipeline.distributed import ddp
 from pipeline.encoders import EncoderConfig
 from pipeline.features import load_features
+from pipeline.runtime import resolve_device
 from pipeline.training.finetune import finetune
 from pipeline.training.train import TrainConfig, train
 from stages.common import parser, stage_main
@@ -26,6 +35,20 @@ def main() -> None:
     p.add_argument("--live", type=Path, default=Path("dvclive"))
     args = p.parse_args()
     cfg = load_section(args.params, "train", TrainConfig)
+    if cfg.nproc < 1:
+        raise ValueError(f"train.nproc must be at least 1, got {cfg.nproc}")
+    if cfg.nproc > 1 and cfg.finetune:
+        raise ValueError("train.finetune runs on one process: set train.nproc: 1 (or train.finetune: false)")
+    if cfg.nproc > 1 and not ddp.launched():
+        logging.getLogger(__name__).info("train.nproc %d: relaunching under torchrun", cfg.nproc)
+        sys.exit(subprocess.call(ddp.torchrun_command(cfg.nproc, "stages.train", sys.argv[1:])))
+    with ddp.process_group(resolve_device(cfg.device).type):
+        if not ddp.is_main():  # rank 0 tells the story; the others speak up only for warnings
+            logging.getLogger().setLevel(logging.WARNING)
+        run(args, cfg)
+
+
+def run(args: argparse.Namespace, cfg: TrainConfig) -> None:
     encoder_cfg = load_section(args.params, "encoder", EncoderConfig)  # the checkpoint records it
     manifest, root = read_manifest(args.manifest)
     spatial = decoder_class(cfg.decoder).spatial  # attention/transformer read the spatial maps
@@ -37,7 +60,7 @@ def main() -> None:
     manifest = manifest[manifest.image_id.isin(have)]  # images the encoder could not read are skipped
     rows = {s: manifest[manifest.split == s].reset_index(drop=True) for s in ("train", "val")}
     vocab = Vocab.load(args.vocab)
-    with Live(str(args.live), save_dvc_exp=False, dvcyaml=None) as live:
+    with Live(str(args.live), save_dvc_exp=False, dvcyaml=None) if ddp.is_main() else nullcontext() as live:
         def log(record: dict) -> None:
             for key, value in record.items():
                 if key != "epoch":
@@ -53,7 +76,8 @@ def main() -> None:
             encoder_info = {k: table.meta.get(k) for k in keys}
             summary = train(rows["train"], feats["train"], rows["val"], feats["val"], vocab,
                             cfg, args.out, encoder_info, log_metric=log)
-        live.summary.update({k: v for k, v in summary.items() if k != "history"})
+        if live is not None:
+            live.summary.update({k: v for k, v in summary.items() if k != "history"})
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def by_id(df: pd.DataFrame) -> dict[str, tuple[str, list[str]]]:
 
 
 def test_registry_lists_every_format():
-    assert set(FORMATS) == {"scenes", "jsonl", "csv", "flickr8k", "flickr30k", "coco", "karpathy"}
+    assert set(FORMATS) == {"scenes", "jsonl", "csv", "flickr8k", "flickr30k", "coco", "karpathy", "multi30k",
+                            "crossmodal3600"}
 
 
 def test_scenes(tmp_path):
@@ -203,6 +204,7 @@ def test_karpathy_needs_to_be_told_which_file_when_several(tmp_path):
         ("csv", "csv", "captions.csv", '../outside.jpg,"a, b",train\n'),
         ("flickr8k_kaggle", "flickr8k", "captions.txt", "../../outside.jpg,a caption\n"),
         ("flickr30k", "flickr30k", "results_20130124.token", "../x.jpg#0\ta caption\n"),
+        ("crossmodal3600", "crossmodal3600", "captions.jsonl", '{"image/key": "../../x", "en": {"caption": ["x"]}}\n'),
     ],
 )
 def test_escaping_paths_are_rejected_naming_the_line(tmp_path, fixture, fmt, file, line):

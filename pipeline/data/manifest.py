@@ -4,7 +4,11 @@ Contract (checked by `validate_manifest`, one row per image):
     image_id  str        unique; the image's path relative to the data root
     path      str        POSIX path relative to the data root, never escaping it
     split     str        one of SPLITS
-    captions  list[str]  >= 1 caption, whitespace-normalised, non-empty, no duplicates
+    captions  list[str]  >= 1 caption, whitespace-normalised, non-empty, no duplicates (in a language)
+    language  list[str]  the language code of each caption, parallel to `captions`
+                         (data.caption_language, default "en", for sources that do not say);
+                         written by every build, added as all "en" when an older manifest
+                         without it is read
     objects   str        optional column, only when the source has it (the scenes' ground-truth
                          objects as JSON, for evaluate's grounded metric); null for other images
 The data root is stored in the Parquet schema metadata under b"data_root".
@@ -14,13 +18,21 @@ to every source: paths are normalised and confined to the root, rows of one imag
 merged, an image that the source puts in two splits is an error, images without a split
 get a deterministic one from a seeded hash of their id, and images that are missing on
 disk or have no caption are dropped and reported rather than crashing the run.
+`data.languages` keeps only the captions in those languages (an image left without any
+is dropped and reported).
+
+The row stays one image, with its captions of every language in one list, because the
+features, the splits and the metrics' references are per image: one row per (image,
+language) would repeat image ids that every later stage keys on. A consumer that wants one
+language filters the captions by `language`; training prepends each caption's language.
 """
 from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +41,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.data.formats import FORMATS, DataConfig, Record, hash_fraction
+from pipeline.data.formats.common import DEFAULT_LANGUAGE, normalize_language
+from pipeline.data.languages import LANGUAGE, check_codes, default_column, is_language_list, keep_languages
+from pipeline.data.paths import (  # noqa: F401 -- re-exported: the manifest's public path API
+    ManifestError,
+    RootGuard,
+    UnsafePathError,
+    is_clean_relpath,
+    normalize_relpath,
+    safe_join,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +63,7 @@ SPLIT_ALIASES = {"dev": "val", "valid": "val", "validation": "val", "restval": "
 EXAMPLES_IN_REPORT = 5
 MISSING_ON_DISK = "missing on disk"
 NO_CAPTIONS = "no non-empty caption"
+NOT_IN_LANGUAGES = "no caption in data.languages"
 
 SCHEMA = pa.schema(
     [
@@ -48,69 +71,9 @@ SCHEMA = pa.schema(
         ("path", pa.string()),
         ("split", pa.string()),
         ("captions", pa.list_(pa.string())),
+        (LANGUAGE, pa.list_(pa.string())),
     ]
 )
-
-
-class ManifestError(ValueError):
-    """The source or manifest breaks the contract; the message says what to fix."""
-
-
-class UnsafePathError(ManifestError):
-    """A path would leave the data root."""
-
-
-def normalize_relpath(path: str, where: str = "") -> str:
-    """Clean POSIX form of a root-relative path ("./a//b.png" -> "a/b.png"; backslashes
-    from Windows-made files become slashes). Absolute paths and any `..` are rejected
-    outright: a caption file has no business pointing outside its data set."""
-    prefix = f"{where}: " if where else ""
-    text = str(path).strip().replace("\\", "/")
-    if not text:
-        raise UnsafePathError(f"{prefix}empty image path")
-    if text.startswith("/") or (text[1:2] == ":" and text[0].isalpha()):
-        raise UnsafePathError(f"{prefix}image path {path!r} is absolute; paths must be relative to the data root")
-    parts = [part for part in text.split("/") if part not in ("", ".")]
-    if ".." in parts or not parts:
-        raise UnsafePathError(f"{prefix}image path {path!r} escapes the data root ('..' is not allowed)")
-    return "/".join(parts)
-
-
-class RootGuard:
-    """Joins root-relative paths onto a data root and proves each result stays inside it,
-    symlinks included. Folders are resolved once and cached, so guarding every image of
-    a 100k-image data set costs about one lstat per image."""
-
-    def __init__(self, root: str | Path):
-        self.root = os.path.realpath(root)
-        self._folders: dict[str, str] = {}
-
-    def join(self, rel: str | Path, where: str = "") -> Path:
-        rel = normalize_relpath(str(rel), where)
-        folder, _, name = rel.rpartition("/")
-        real_folder = self._folders.get(folder)
-        if real_folder is None:
-            real_folder = self._inside(os.path.realpath(os.path.join(self.root, folder)), rel, where)
-            self._folders[folder] = real_folder
-        path = os.path.join(real_folder, name)
-        if os.path.islink(path):
-            path = self._inside(os.path.realpath(path), rel, where)
-        return Path(path)
-
-    def _inside(self, real: str, rel: str, where: str) -> str:
-        if real != self.root and not real.startswith(self.root.rstrip(os.sep) + os.sep):
-            prefix = f"{where}: " if where else ""
-            raise UnsafePathError(
-                f"{prefix}image path {rel!r} resolves to {real}, outside the data root {self.root} (symlink?)"
-            )
-        return real
-
-
-def safe_join(root: str | Path, rel: str | Path, where: str = "") -> Path:
-    """root/rel, resolved, guaranteed inside root: rejects absolute paths, `..` and
-    symlinks that lead outside root. Use it for every path read from a data file
-    (RootGuard(root).join does the same, faster, for many paths under one root)."""
-    return RootGuard(root).join(rel, where)
 
 
 def build_manifest(cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -118,12 +81,17 @@ def build_manifest(cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, Any]]:
     if cfg.format not in FORMATS:
         raise ValueError(f"unknown data format {cfg.format!r}; known formats: {', '.join(sorted(FORMATS))}")
     _check_fractions(cfg)
+    check_codes(cfg.languages)
+    default_language = (normalize_language(cfg.caption_language, "data.caption_language")
+                        if cfg.caption_language else DEFAULT_LANGUAGE)
     root = Path(cfg.root)
     if not root.is_dir():
         raise ManifestError(f"data root {root} is not a directory; set data.root to the folder holding the data set")
     parsed = FORMATS[cfg.format](root, cfg)
-    images = _merge(parsed.records)
+    images = _merge(parsed.records, default_language)
     dropped: dict[str, list[str]] = {reason: list(names) for reason, names in parsed.dropped.items()}
+    if cfg.languages and (emptied := keep_languages(images, cfg.languages, f"{root} (format {cfg.format!r})")):
+        dropped[NOT_IN_LANGUAGES] = emptied
 
     guard = RootGuard(root)
     rows, hashed = [], 0
@@ -137,7 +105,7 @@ def build_manifest(cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, Any]]:
             split = image.split
             if split is None:
                 split, hashed = _hashed_split(image_id, cfg), hashed + 1
-            rows.append((image_id, image_id, split, image.captions, image.objects))
+            rows.append((image_id, image_id, split, image.captions, image.languages, image.objects))
     for reason, names in dropped.items():
         logger.warning("dropped %d image(s): %s (e.g. %s)", len(names), reason, ", ".join(names[:EXAMPLES_IN_REPORT]))
     if not rows:
@@ -149,7 +117,7 @@ def build_manifest(cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, Any]]:
 
     order = {split: i for i, split in enumerate(SPLITS)}
     rows.sort(key=lambda row: (order[row[2]], row[0]))
-    df = pd.DataFrame(rows, columns=[*COLUMNS, OBJECTS])
+    df = pd.DataFrame(rows, columns=[*COLUMNS, LANGUAGE, OBJECTS])
     if df[OBJECTS].isna().all():
         df = df.drop(columns=OBJECTS)
     validate_manifest(df)
@@ -170,15 +138,18 @@ class _Image:
     split: str | None
     split_where: str  # the line that set the split (or first mentioned the image)
     captions: list[str]
-    known: set[str]
+    known: set[tuple[str, str]]  # (language, caption)
+    languages: list[str] = field(default_factory=list)  # of each caption
     objects: str | None = None
 
 
-def _merge(records: Iterable[Record]) -> dict[str, _Image]:
-    """image_id -> split and captions (first-seen order, whitespace-normalised, no
-    duplicates) gathered from every record that mentions the image."""
+def _merge(records: Iterable[Record], default_language: str = DEFAULT_LANGUAGE) -> dict[str, _Image]:
+    """image_id -> split and captions with their languages (first-seen order,
+    whitespace-normalised, no duplicates within a language) gathered from every record
+    that mentions the image; a record that names no language is in `default_language`."""
     images: dict[str, _Image] = {}
     for record in records:
+        language = record.language or default_language
         image_id = normalize_relpath(record.path, record.where)
         split = _normalize_split(record.split, record.where)
         image = images.setdefault(image_id, _Image(split, record.where, [], set()))
@@ -194,9 +165,10 @@ def _merge(records: Iterable[Record]) -> dict[str, _Image]:
             if not isinstance(caption, str):
                 raise ManifestError(f"{record.where}: caption {caption!r} is not a string")
             caption = " ".join(caption.split())
-            if caption and caption not in image.known:
-                image.known.add(caption)
+            if caption and (language, caption) not in image.known:
+                image.known.add((language, caption))
                 image.captions.append(caption)
+                image.languages.append(language)
     return images
 
 
@@ -233,6 +205,7 @@ def _report(cfg: DataConfig, df: pd.DataFrame, dropped: dict[str, list[str]], ha
             if mask.any()
         },
         "hashed_splits": hashed,  # images whose split came from the seeded hash, not the source
+        "languages": dict(sorted(Counter(code for codes in df[LANGUAGE] for code in codes).items())),
         "dropped": {
             reason: {"count": len(names), "examples": names[:EXAMPLES_IN_REPORT]} for reason, names in dropped.items()
         },
@@ -254,7 +227,7 @@ def validate_manifest(df: pd.DataFrame) -> None:
     elif len(set(ids)) < len(ids):
         duplicated = df["image_id"][df["image_id"].duplicated()].head(5).tolist()
         problems.append(f"duplicate image_id(s): {', '.join(duplicated)}")
-    bad_path = next((p for p in paths if not _is_clean_relpath(p)), None)
+    bad_path = next((p for p in paths if not is_clean_relpath(p)), None)
     if bad_path is not None:
         problems.append(f"path {bad_path!r} is not a clean relative POSIX path inside the data root")
     bad_splits = sorted(set(map(str, splits)) - set(SPLITS))
@@ -263,15 +236,13 @@ def validate_manifest(df: pd.DataFrame) -> None:
     bad_captions = next((i for i, c in zip(ids, captions) if not _is_caption_list(c)), None)
     if bad_captions is not None:
         problems.append(f"image {bad_captions!r}: captions must be a non-empty list of stripped, non-empty strings")
+    elif LANGUAGE in df.columns:
+        bad_languages = next((i for i, c, codes in zip(ids, captions, df[LANGUAGE].tolist())
+                              if not is_language_list(codes, len(c))), None)
+        if bad_languages is not None:
+            problems.append(f"image {bad_languages!r}: language must hold one language code per caption")
     if problems:
         raise ManifestError("invalid manifest: " + "; ".join(problems))
-
-
-def _is_clean_relpath(path: object) -> bool:
-    try:
-        return isinstance(path, str) and normalize_relpath(path) == path
-    except UnsafePathError:
-        return False
 
 
 def _is_caption_list(captions: object) -> bool:
@@ -291,6 +262,7 @@ def write_manifest(df: pd.DataFrame, path: str | Path, data_root: str | Path) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = {c: df[c].tolist() for c in COLUMNS}
     columns["captions"] = [list(c) for c in columns["captions"]]
+    columns[LANGUAGE] = [list(c) for c in df[LANGUAGE]] if LANGUAGE in df.columns else default_column(df["captions"])
     schema = SCHEMA
     if OBJECTS in df.columns:
         columns[OBJECTS] = [v if isinstance(v, str) else None for v in df[OBJECTS]]
@@ -305,7 +277,7 @@ def write_manifest(df: pd.DataFrame, path: str | Path, data_root: str | Path) ->
 
 
 def read_manifest(path: str | Path) -> tuple[pd.DataFrame, str]:
-    """(manifest with captions as Python lists, data root it was built from)."""
+    """(manifest with captions and their languages as Python lists, data root it was built from)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest {path} does not exist; run the prepare stage (dvc repro prepare)")
@@ -315,5 +287,9 @@ def read_manifest(path: str | Path) -> tuple[pd.DataFrame, str]:
         raise ManifestError(f"{path} has no data_root metadata; rebuild it with write_manifest")
     df = table.to_pandas()
     df["captions"] = df["captions"].map(list)
+    if LANGUAGE in df.columns:
+        df[LANGUAGE] = df[LANGUAGE].map(list)
+    else:  # written before captions had languages: all English
+        df.insert(df.columns.get_loc("captions") + 1, LANGUAGE, default_column(df["captions"]))
     validate_manifest(df)
     return df, data_root.decode()

@@ -1,8 +1,11 @@
 """The pipeline's default data set, generated: synthetic scenes of 1-3 coloured shapes
-with visible spatial relations, each image with 5 different human-style captions.
+with visible spatial relations, each image with 5 different human-style captions in each
+language of `scenes.languages` (the words and grammar: pipeline/data/scene_text/).
 
 Everything is deterministic: image i depends only on (seed, i) and the config, so the
 same config always yields byte-identical files and a longer run extends a shorter one.
+English captions come from image i's own random stream, as before there were languages;
+every other language has a stream of its own, so adding one changes no other captions.
 A few "colour shape" combinations are held out of every ordinary image and appear only
 in images marked split="novel", to measure generalisation to unseen combinations."""
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from pipeline.data.scene_text import captions, check_languages, language_seed
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +53,8 @@ class SceneConfig:
     holdout: list[str] = field(default_factory=lambda: ["red triangle", "blue star", "yellow circle"])
     novel_fraction: float = 0.1  # share of images that contain a held-out pair
     size_mention: float = 0.5  # chance a caption names an object's size, as people often omit it
+    # Caption languages (pipeline/data/scene_text): en, de, fr, es, ja; 5 captions each per image.
+    languages: list[str] = field(default_factory=lambda: ["en"])
 
 
 def validate(cfg: SceneConfig) -> None:
@@ -70,6 +77,7 @@ def validate(cfg: SceneConfig) -> None:
         raise ValueError("scenes.holdout is empty but scenes.novel_fraction > 0; set novel_fraction: 0")
     if len(set(cfg.holdout)) > len(COLOURS) * len(SHAPES) - 3:
         raise ValueError("scenes.holdout leaves too few colour/shape pairs for ordinary images")
+    check_languages(cfg.languages, "scenes.languages")
 
 
 # ---------------------------------------------------------------------------- layout
@@ -183,73 +191,6 @@ def render(rng: np.random.Generator, scene: dict, side: int) -> Image.Image:
     return img
 
 
-# ---------------------------------------------------------------------------- captions
-
-def _a(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
-
-
-def captions(rng: np.random.Generator, scene: dict, size_mention: float = 0.5, k: int = 5) -> list[str]:
-    """k different captions, all true of the scene, from varied templates."""
-    objs, bg = scene["objects"], scene["background"]
-
-    def noun(o: dict) -> str:  # "small red circle" or "red circle"
-        sized = rng.random() < size_mention
-        return f"{o['size']} {o['colour']} {o['shape']}" if sized else f"{o['colour']} {o['shape']}"
-
-    def a(o: dict) -> str:
-        return _a(noun(o))
-
-    def plain(o: dict) -> str:  # sizeless, for the long three-object templates (<= ~20 words)
-        return _a(f"{o['colour']} {o['shape']}")
-
-    on_bg = f"on {_a(bg)} background"
-    if len(objs) == 1:
-        o = objs[0]
-        templates = [
-            lambda: a(o), lambda: f"{a(o)} {on_bg}", lambda: f"a picture of {a(o)}",
-            lambda: f"there is {a(o)} in the image", lambda: f"a single {noun(o)} {on_bg}",
-            lambda: f"an image showing one {noun(o)}", lambda: f"{_a(o['size'])} {o['shape']} that is {o['colour']}",
-            lambda: f"one {noun(o)} against {_a(bg)} background", lambda: f"{_a(bg)} background with {a(o)}",
-            lambda: f"the image contains {a(o)}",
-        ]
-    else:
-        horizontal = scene["axis"] == "x"
-        fw, bw = ("to the left of", "to the right of") if horizontal else ("above", "below")
-        first_side, last_side = ("on the left", "on the right") if horizontal else ("at the top", "at the bottom")
-        near_side = "to its left" if horizontal else "above it"
-        A, B = objs[0], objs[1]
-        if len(objs) == 2:
-            templates = [
-                lambda: f"{a(A)} {fw} {a(B)}", lambda: f"there is {a(B)} {bw} {a(A)}",
-                lambda: f"two shapes: {a(A)} and {a(B)}", lambda: f"{a(A)} and {a(B)} {on_bg}",
-                lambda: f"{a(A)} {first_side} and {a(B)} {last_side}", lambda: f"a picture of {a(B)} {bw} {a(A)}",
-                lambda: f"the {noun(A)} is {fw} the {noun(B)}", lambda: f"{a(A)} {fw} {a(B)} {on_bg}",
-                lambda: f"two objects {on_bg}, {a(B)} and {a(A)}", lambda: f"{a(B)} with {a(A)} {near_side}",
-            ]
-        else:
-            C = objs[2]
-            order = "from left to right" if horizontal else "from top to bottom"
-            line = "in a row" if horizontal else "in a column"
-            templates = [
-                lambda: f"three shapes: {a(A)}, {a(B)} and {a(C)}", lambda: f"{order}: {a(A)}, {a(B)} and {a(C)}",
-                lambda: f"{a(A)}, {a(B)} and {a(C)} {line}", lambda: f"{a(B)} between {a(A)} and {a(C)}",
-                lambda: f"{plain(A)} {fw} {plain(B)}, which is {fw} {plain(C)}",
-                lambda: f"three shapes {on_bg} with {a(B)} in the middle", lambda: f"there is {a(C)} {bw} {a(B)}",
-                lambda: f"{plain(A)} {first_side}, {plain(B)} in the middle and {plain(C)} {last_side}",
-                lambda: f"the {noun(A)} is {fw} the {noun(B)} and the {noun(C)}",
-                lambda: f"a picture of three shapes, {a(C)} {last_side}",
-            ]
-    chosen: list[str] = []
-    for i in rng.permutation(len(templates)):
-        text = templates[int(i)]()
-        if text not in chosen:
-            chosen.append(text)
-        if len(chosen) == k:
-            return chosen
-    raise AssertionError(f"only {len(chosen)} distinct captions for {scene}")  # templates differ in wording
-
-
 # ---------------------------------------------------------------------------- data set
 
 def generate_scenes(out_dir: Path, cfg: SceneConfig) -> dict:
@@ -262,33 +203,63 @@ def generate_scenes(out_dir: Path, cfg: SceneConfig) -> dict:
     names = [f"scene_{i:0{width}d}.png" for i in range(cfg.n_images)]
     for stale in set(p.name for p in image_dir.glob("scene_*.png")) - set(names):
         (image_dir / stale).unlink()  # left by an earlier, larger run
-    records, words, lengths, per_count = [], set(), [], {}
+    records, words, lengths, per_count = [], {}, {}, {}
     for i, name in enumerate(names):
         rng = np.random.default_rng([cfg.seed, i])
         novel = rng.random() < cfg.novel_fraction
         scene = sample_scene(rng, cfg, novel)
         render(rng, scene, cfg.image_size).save(image_dir / name, format="PNG", compress_level=1)
-        texts = captions(rng, scene, cfg.size_mention)
-        records.append({"image": f"images/{name}", "captions": texts,
-                        "split": "novel" if novel else None, "objects": scene["objects"]})
-        for text in texts:
-            tokens = text.replace(",", " ").replace(":", " ").split()
-            words.update(tokens)
-            lengths.append(len(tokens))
+        texts = {}
+        for language in cfg.languages:  # English goes on with the image's stream, as before languages existed
+            stream = rng if language == "en" else np.random.default_rng([cfg.seed, i, language_seed(language)])
+            texts[language] = captions(stream, scene, cfg.size_mention, language=language)
+            for text in texts[language]:
+                tokens = caption_words(text)
+                words.setdefault(language, set()).update(tokens)
+                lengths.setdefault(language, []).append(len(tokens))
+        records.append(_record(f"images/{name}", texts, "novel" if novel else None, scene["objects"]))
         per_count[len(scene["objects"])] = per_count.get(len(scene["objects"]), 0) + 1
         if (i + 1) % 500 == 0 or i + 1 == cfg.n_images:
             logger.info("scenes: %d/%d images", i + 1, cfg.n_images)
     tmp = out_dir / "captions.jsonl.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         for record in records:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
     os.replace(tmp, out_dir / "captions.jsonl")  # readers never see a half-written file
     n_novel = sum(r["split"] == "novel" for r in records)
     stats = {
         "n_images": cfg.n_images, "n_novel": n_novel, "novel_share": n_novel / cfg.n_images,
-        "n_captions": len(lengths), "vocab_size": len(words),
-        "mean_caption_words": sum(lengths) / len(lengths), "max_caption_words": max(lengths),
+        **_text_stats(set().union(*words.values()), [n for language in lengths for n in lengths[language]]),
         "objects_per_image": {str(k): per_count[k] for k in sorted(per_count)},
     }
+    if cfg.languages != ["en"]:
+        stats["languages"] = {language: _text_stats(words[language], lengths[language]) for language in cfg.languages}
     logger.info("scenes: %s", stats)
     return stats
+
+
+def _record(image: str, texts: dict[str, list[str]], split: str | None, objects: list[dict]) -> dict:
+    """A captions.jsonl line. "captions" holds the English captions, as it did before there
+    were languages (so an English-only file is unchanged); the other languages' captions
+    are under "captions_by_language", keyed by language code (pipeline/data/formats/jsonl.py)."""
+    record: dict = {"image": image}
+    if "en" in texts:
+        record["captions"] = texts["en"]
+    others = {language: text for language, text in texts.items() if language != "en"}
+    if others:
+        record["captions_by_language"] = others
+    return {**record, "split": split, "objects": objects}
+
+
+def caption_words(text: str) -> list[str]:
+    """A caption's words for the statistics: split at spaces, or its characters for text
+    written without spaces (Japanese), punctuation left out."""
+    text = text.replace(",", " ").replace(":", " ")
+    if " " in text.strip() or text.isascii():
+        return text.split()
+    return [c for c in text if c.isalnum()]
+
+
+def _text_stats(words: set[str], lengths: list[int]) -> dict:
+    return {"n_captions": len(lengths), "vocab_size": len(words),
+            "mean_caption_words": sum(lengths) / len(lengths), "max_caption_words": max(lengths)}

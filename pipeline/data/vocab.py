@@ -1,5 +1,6 @@
-"""Tokenizer and vocabulary. Built from TRAIN captions only, so validation and test words
-the model never saw become <unk> exactly as they would for a deployed model.
+"""Tokenizer and vocabularies. Built from TRAIN captions only, so validation and test words
+the model never saw become <unk> (word kind) or pieces of words it saw (sentencepiece kind,
+pipeline/data/subword.py) exactly as they would for a deployed model.
 
 One tokenizer serves both the vocabulary and the Java-free metrics (pipeline/evaluation/metrics.py), so the
 model is trained on exactly the tokens it is scored on: a pure-Python stand-in for Stanford's
@@ -9,12 +10,18 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Hashable, Iterable
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
+
+
+def language_token(code: str) -> str:
+    """The token that starts a caption in language `code` in a multilingual model (<2de>), as
+    in multilingual translation models (pipeline/data/multilingual.py)."""
+    return f"<2{code}>"
 
 # Everything the jar or Python's str.splitlines() ends a line at: inside a caption it would
 # shift every later caption by one line in the Java tokenizer's one-line-per-caption file.
@@ -71,10 +78,46 @@ def ptb_tokens(sentence: str) -> list[str]:
     return tokens
 
 
+KINDS = ("word", "sentencepiece")
+MODEL_TYPES = ("unigram", "bpe")
+
+
 @dataclass
 class VocabConfig:
+    kind: str = "word"  # word | sentencepiece (pipeline/data/subword.py)
+    # word kind
     min_freq: int = 2  # words seen fewer times in train captions map to <unk>
     max_size: int = 0  # 0 = no cap; otherwise keep the most frequent words
+    # sentencepiece kind
+    model_type: str = "unigram"  # unigram | bpe
+    # Pieces, the 4 specials included. Sentencepiece refuses more pieces than the train captions
+    # can form (on the default scenes: 92 unigram, 427 bpe) and fewer than their characters + 4.
+    size: int = 80
+    character_coverage: float = 1.0  # share of the train characters given a piece (ja/zh: 0.9995)
+    byte_fallback: bool = False  # spell unseen characters as UTF-8 bytes (256 more pieces): no <unk> at all
+    # Tokens kept whole by both kinds, always in the vocabulary (language tokens such as <2de>).
+    special_tokens: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"vocab.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"vocab.model_type must be one of {', '.join(MODEL_TYPES)}, got {self.model_type!r}")
+        if self.min_freq < 1 or self.max_size < 0:
+            raise ValueError(f"vocab.min_freq must be >= 1 and vocab.max_size >= 0, got {self.min_freq} and {self.max_size}")
+        if self.kind == "sentencepiece" and self.size <= len(SPECIALS) + len(self.special_tokens):
+            raise ValueError(f"vocab.size ({self.size}) must leave room for pieces beyond the "
+                             f"{len(SPECIALS) + len(self.special_tokens)} special tokens")
+        if not 0.0 < self.character_coverage <= 1.0:
+            raise ValueError(f"vocab.character_coverage must be in (0, 1], got {self.character_coverage}")
+        for token in self.special_tokens:
+            # Captions reach the vocabulary through tokenize(): a token it would change never matches.
+            if token in SPECIALS or tokenize(token) != [token]:
+                raise ValueError(f"vocab.special_tokens: {token!r} must be one lower-case token without spaces or "
+                                 f"the punctuation the metrics drop (the tokenizer reads {tokenize(token)}), "
+                                 f"and none of {', '.join(SPECIALS)}")
+        if len(set(self.special_tokens)) < len(self.special_tokens):
+            raise ValueError(f"vocab.special_tokens has duplicates: {self.special_tokens}")
 
 
 def tokenize(text: str) -> list[str]:
@@ -83,12 +126,49 @@ def tokenize(text: str) -> list[str]:
     return ptb_tokens(text)
 
 
+def readable(token: str) -> str:
+    """A token as text shows it: -lrb- -> "(" (the metrics re-tokenize "(" to -lrb-)."""
+    return _UNBRACKET.get(token, token)
+
+
+def normalise(caption: str) -> str:
+    """The caption as every vocabulary kind gives it back: its tokens joined by spaces, brackets
+    readable. The metrics tokenize it exactly as they tokenize the caption itself."""
+    return " ".join(map(readable, tokenize(caption)))
+
+
 class Vocab:
+    """The word vocabulary, and the interface of every kind (pipeline.data.subword.SubwordVocab
+    is the other): ids 0-3 are <pad> <start> <end> <unk>, encode/decode, payload/save/load, and
+    the words SCST's CIDEr-D reward compares. Training, decoding, evaluation and the Captioner
+    use only this interface, so they do not depend on the kind."""
+    kind = "word"
+
     def __init__(self, words: Iterable[str]):
         self.itos: list[str] = list(SPECIALS) + [w for w in words if w not in SPECIALS]
         self.stoi: dict[str, int] = {w: i for i, w in enumerate(self.itos)}
         if len(self.stoi) != len(self.itos):
             raise ValueError("vocabulary has duplicate words")
+        # The caption languages of a multilingual vocabulary, each with its language token (the
+        # first is the default); empty for one language, whose vocabulary has no such token.
+        self.languages: list[str] = []
+
+    def with_languages(self, codes: Iterable[str]) -> "Vocab":
+        """This vocabulary, recording `codes` as its languages (each must have its token)."""
+        codes = list(codes)
+        missing = [c for c in codes if language_token(c) not in self.stoi]
+        if missing or len(set(codes)) < len(codes) or len(codes) == 1:
+            raise ValueError(f"a multilingual vocabulary needs 2 or more distinct languages, each with its "
+                             f"token: got {codes}, tokens missing for {missing}; rebuild it with `dvc repro vocab`")
+        self.languages = codes
+        return self
+
+    def language_id(self, code: str) -> int:
+        """The id of the token that starts a caption in `code`."""
+        if code not in self.languages:
+            raise ValueError(f"the vocabulary has no token for language {code!r}; its languages: "
+                             f"{', '.join(self.languages) or 'one, without a token'}")
+        return self.stoi[language_token(code)]
 
     pad_id = property(lambda self: self.stoi[PAD])
     start_id = property(lambda self: self.stoi[START])
@@ -98,23 +178,52 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.itos)
 
+    def token_ids(self, caption: str) -> list[int]:
+        """The caption's token ids, without <start>/<end>."""
+        return [self.stoi.get(t, self.unk_id) for t in tokenize(caption)]
+
+    def text(self, ids: list[int]) -> str:
+        """Token ids (no specials) -> normal text."""
+        return " ".join(readable(self.itos[i]) for i in ids)
+
     def encode(self, caption: str, max_len: int | None = None) -> list[int]:
-        """<start> w1 .. wn <end>; with max_len the words are truncated so the whole fits."""
-        ids = [self.stoi.get(t, self.unk_id) for t in tokenize(caption)]
+        """<start> t1 .. tn <end>; with max_len the tokens are truncated so the whole fits."""
+        ids = self.token_ids(caption)
         if max_len is not None:
             ids = ids[: max_len - 2]
         return [self.start_id, *ids, self.end_id]
 
     def decode(self, ids: Iterable[int]) -> str:
-        words = []
-        for i in ids:
-            i = int(i)
+        """Normal text of the ids up to the first <end> (<start> and <pad> skipped):
+        normalise(caption) for what encode(caption) gave, when no token was <unk>."""
+        kept = []
+        for i in map(int, ids):
             if i == self.end_id:
                 break
-            if i in (self.start_id, self.pad_id):
-                continue
-            words.append(_UNBRACKET.get(self.itos[i], self.itos[i]))  # readable; the metrics re-tokenize "("
-        return " ".join(words)
+            if i not in (self.start_id, self.pad_id):
+                kept.append(i)
+        return self.text(kept)
+
+    def count_unknown(self, words: list[str]) -> int:
+        """How many of these tokenize() words the vocabulary cannot spell without <unk>."""
+        return sum(w not in self.stoi for w in words)
+
+    def reward_words(self, caption: str, language: str | None = None) -> list[Hashable]:
+        """A reference caption as SCST's CIDEr-D counts it: its words, as word ids where the
+        vocabulary has them (a sample's ids are then its words, see sampled_words), else the
+        word itself, so a sampled <unk> matches nothing, as it would once decoded to text.
+        `language` does not matter: the word kind holds only languages written with spaces."""
+        return [self.stoi.get(w, w) for w in tokenize(caption)]
+
+    def sampled_words(self, ids: list[int], language: str | None = None) -> list[Hashable]:
+        """A sampled caption (ids, <end> last when it was sampled) as CIDEr-D counts it, in the
+        units of reward_words, <end> kept. Word ids are words: nothing to do."""
+        return ids
+
+    def payload(self) -> list[str] | dict:
+        """What a checkpoint stores (plain types, for torch.load(weights_only=True)): the word list,
+        with the languages beside it in a multilingual vocabulary."""
+        return {"itos": list(self.itos), "languages": self.languages} if self.languages else list(self.itos)
 
     def to_list(self) -> list[str]:
         return list(self.itos)
@@ -126,29 +235,49 @@ class Vocab:
         return cls(itos[len(SPECIALS):])
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"itos": self.itos}, indent=0) + "\n")
+        languages = {"languages": self.languages} if self.languages else {}  # one language: as before languages
+        Path(path).write_text(json.dumps({"itos": self.itos, **languages}, indent=0) + "\n")
 
-    @classmethod
-    def load(cls, path: str | Path) -> "Vocab":
-        return cls.from_list(json.loads(Path(path).read_text())["itos"])
+    @staticmethod
+    def load(path: str | Path) -> "Vocab":
+        """Either kind, as its save() wrote it."""
+        return from_payload(json.loads(Path(path).read_text()))
+
+
+def from_payload(payload: list | dict) -> Vocab:
+    """The vocabulary of a checkpoint's `vocab` (Vocab.payload) or of a saved vocab file."""
+    languages = (payload.get("languages") or []) if isinstance(payload, dict) else []
+    if isinstance(payload, dict) and "itos" in payload:  # the word kind's file (and multilingual payload)
+        payload = payload["itos"]
+    if isinstance(payload, list):  # the word kind, and every checkpoint from before the kinds
+        vocab = Vocab.from_list(payload)
+        return vocab.with_languages(languages) if languages else vocab
+    if isinstance(payload, dict) and payload.get("kind") == "sentencepiece":
+        from pipeline.data.subword import SubwordVocab  # imported here: subword builds on this module
+        vocab = SubwordVocab.from_payload(payload)
+        return vocab.with_languages(languages) if languages else vocab
+    kind = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
+    raise ValueError(f"not a vocabulary of a known kind ({kind!r}; known: {', '.join(KINDS)}): "
+                     "rebuild it with `dvc repro vocab`")
 
 
 def build_vocab(train_captions: Iterable[str], cfg: VocabConfig) -> Vocab:
+    """The vocabulary of kind cfg.kind, from the TRAIN captions only."""
+    if cfg.kind == "sentencepiece":
+        from pipeline.data.subword import train_sentencepiece
+        return train_sentencepiece(train_captions, cfg)
     counts = Counter(t for c in train_captions for t in tokenize(c))
     # Sort by frequency, then alphabetically, so the same captions always give the same ids.
-    ranked = sorted((w for w, n in counts.items() if n >= cfg.min_freq), key=lambda w: (-counts[w], w))
+    ranked = sorted((w for w, n in counts.items() if n >= cfg.min_freq and w not in cfg.special_tokens),
+                    key=lambda w: (-counts[w], w))
     if cfg.max_size:
-        ranked = ranked[: max(0, cfg.max_size - len(SPECIALS))]
+        ranked = ranked[: max(0, cfg.max_size - len(SPECIALS) - len(cfg.special_tokens))]
     if not ranked:
         raise ValueError(f"no word occurs at least vocab.min_freq={cfg.min_freq} times in the train captions")
-    return Vocab(ranked)
+    return Vocab([*cfg.special_tokens, *ranked])
 
 
 def unk_rate(vocab: Vocab, captions: Iterable[str]) -> float:
-    """Share of caption tokens that map to <unk>."""
-    total = unknown = 0
-    for caption in captions:
-        for token in tokenize(caption):
-            total += 1
-            unknown += token not in vocab.stoi
-    return unknown / total if total else 0.0
+    """Share of caption words (tokenize()) the vocabulary cannot spell without <unk>."""
+    words = [w for caption in captions for w in tokenize(caption)]
+    return vocab.count_unknown(words) / len(words) if words else 0.0

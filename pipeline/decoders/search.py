@@ -17,6 +17,16 @@ class Decoded:
     mean_logprob: list[float]  # logprob / number of scored tokens: a length-fair confidence
 
 
+def start_tokens(start_id: int | torch.Tensor, n: int, device: torch.device, repeat: int = 1) -> torch.Tensor:
+    """The first decoder input of each of n rows (each repeated `repeat` times, for beams or
+    samples): `start_id` is one id for all (<start>) or one per row (a language token per caption)."""
+    if isinstance(start_id, torch.Tensor):
+        if start_id.shape != (n,):
+            raise ValueError(f"start ids must be one id or one per row ({n},), got shape {tuple(start_id.shape)}")
+        return start_id.to(device=device, dtype=torch.long).repeat_interleave(repeat)
+    return torch.full((n * repeat,), int(start_id), dtype=torch.long, device=device)
+
+
 def checked_banned_ids(banned_ids: Iterable[int], end_id: int) -> list[int]:
     banned = sorted({int(i) for i in banned_ids})
     if end_id in banned:
@@ -25,12 +35,13 @@ def checked_banned_ids(banned_ids: Iterable[int], end_id: int) -> list[int]:
 
 
 @torch.inference_mode()
-def decode(model: nn.Module, features: torch.Tensor, start_id: int, end_id: int,
+def decode(model: nn.Module, features: torch.Tensor, start_id: int | torch.Tensor, end_id: int,
            max_len: int = 20, beam_size: int = 1, length_penalty: float = 0.7,
            banned_ids: Iterable[int] = ()) -> Decoded:
     """Caption every row of `features` ((N, D) pooled or (N, C, h, w) for spatial decoders).
     beam_size 1 is greedy; above that, beam search ranked by logprob / length**length_penalty
-    (0 = raw log-probability). `banned_ids` (e.g. <unk>, <pad>, <start>) are never emitted;
+    (0 = raw log-probability). `start_id`: the first input, one id or one per row (N,) (a
+    multilingual model's language tokens). `banned_ids` (e.g. <unk>, <pad>, <start>) are never emitted;
     scores stay the model's own log-probabilities (not renormalised), so they still match
     teacher-forced scoring."""
     if max_len < 1:
@@ -58,12 +69,12 @@ def _banned(banned: Iterable[int], device: torch.device) -> torch.Tensor | None:
     return torch.tensor(ids, dtype=torch.long, device=device) if ids else None
 
 
-def greedy(model: nn.Module, features: torch.Tensor, start_id: int, end_id: int,
+def greedy(model: nn.Module, features: torch.Tensor, start_id: int | torch.Tensor, end_id: int,
            max_len: int, banned: Iterable[int] = ()) -> Decoded:
     n, device = features.shape[0], features.device
     banned = _banned(banned, device)
     state = model.start(features)
-    tokens = torch.full((n,), start_id, dtype=torch.long, device=device)
+    tokens = start_tokens(start_id, n, device)
     out = torch.full((n, max_len), end_id, dtype=torch.long, device=device)
     logprob = torch.zeros(n, device=device)
     length = torch.zeros(n, dtype=torch.long, device=device)
@@ -80,7 +91,7 @@ def greedy(model: nn.Module, features: torch.Tensor, start_id: int, end_id: int,
     return _finish(out, logprob, length, end_id)
 
 
-def beam_search(model: nn.Module, features: torch.Tensor, start_id: int, end_id: int,
+def beam_search(model: nn.Module, features: torch.Tensor, start_id: int | torch.Tensor, end_id: int,
                 max_len: int, beam_size: int, length_penalty: float, banned: Iterable[int] = ()) -> Decoded:
     """Standard beam search over (images x beams) at once. A finished beam stays in the beam
     with a frozen score (it can only be extended by <end> at zero cost), and candidates are
@@ -89,7 +100,7 @@ def beam_search(model: nn.Module, features: torch.Tensor, start_id: int, end_id:
     banned = _banned(banned, device)
     # row = image * k + beam
     state = model.select(model.start(features), torch.arange(n, device=device).repeat_interleave(k))
-    tokens = torch.full((n * k,), start_id, dtype=torch.long, device=device)
+    tokens = start_tokens(start_id, n, device, repeat=k)
     scores = torch.zeros(n, k, device=device)
     scores[:, 1:] = float("-inf")  # all beams start identical: keep only one alive at first
     lengths = torch.zeros(n, k, device=device)

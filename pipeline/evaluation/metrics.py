@@ -8,6 +8,10 @@ implementation, so its figure is labelled as such and not comparable digit-for-d
 
 Every figure is a 0-1 fraction exactly as pycocoevalcap returns it (CIDEr-D on its native
 scale, ~0-10); papers print these x100. SPICE is never computed (see SPICE_SKIP_REASON).
+
+The PTB tokenizer and METEOR 1.5 are English's. Captions in another language are split by that
+language's tokenizer (pipeline.data.multilingual.score_tokens: Unicode words, or characters for
+Japanese and Chinese) and scored by the same Python BLEU / ROUGE-L / CIDEr-D, without METEOR.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from pipeline.data.multilingual import ENGLISH, TOKENIZERS, score_tokens, scoring_tokenizer
 from pipeline.data.vocab import one_line, ptb_tokens
 from pipeline.evaluation.wordnet import WORDNET_APT_PACKAGES, load_wordnet
 
@@ -55,21 +60,30 @@ class MetricReport:
 
 
 def score_captions(
-    references: dict[str, list[str]], hypotheses: dict[str, str], backend: str = "auto", meteor=None
+    references: dict[str, list[str]], hypotheses: dict[str, str], backend: str = "auto", meteor=None,
+    language: str = ENGLISH,
 ) -> MetricReport:
     """Score one generated caption per image against that image's reference captions.
-    `meteor`: a running jar from `meteor_jar()`, to pay the JVM start (10-30 s) once for many calls."""
+    `meteor`: a running jar from `meteor_jar()`, to pay the JVM start (10-30 s) once for many calls.
+    `language`: the captions' language; other than English, they are split by its tokenizer in
+    Python (backend "python" whatever was asked: no Java tool applies) and METEOR is skipped."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown metrics backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     ids = _check_inputs(references, hypotheses)
-    if backend == "auto":
+    english = scoring_tokenizer(language) == "ptb"
+    if not english:
+        backend = "python"
+    elif backend == "auto":
         backend = "coco" if java_available() else "python"
         if backend == "python":
             logger.warning("java not found or not working: scoring with the pure-Python backend, "
                            "whose tokenizer and METEOR differ from the published coco-caption code")
     started = time.perf_counter()
     sentences = [hypotheses[i] for i in ids] + [r for i in ids for r in references[i]]
-    tokens = ptb_tokenize_java(sentences) if backend == "coco" else [ptb_like_tokenize(s) for s in sentences]
+    if backend == "coco":
+        tokens = ptb_tokenize_java(sentences)
+    else:
+        tokens = [tokenized(s, language) for s in sentences]
     res = {i: [tokens[k]] for k, i in enumerate(ids)}
     gts, pos = {}, len(ids)
     for i in ids:
@@ -83,7 +97,11 @@ def score_captions(
         "rouge_l": "pycocoevalcap Rouge (python, LCS F-measure, beta=1.2)",
         "cider": "pycocoevalcap Cider = CIDEr-D (python, sigma=6, clipped, IDF from these references)",
     }
-    if backend == "coco":
+    if not english:
+        implementation["tokenizer"] = f"{TOKENIZERS[scoring_tokenizer(language)]} (python, language {language})"
+        skipped["meteor"] = f"not computed for {language}: METEOR 1.5 and its resources here are English only"
+        meteor = None
+    elif backend == "coco":
         implementation["tokenizer"] = "pycocoevalcap PTBTokenizer (Stanford CoreNLP 3.4.1, java)"
         implementation["meteor"] = "pycocoevalcap Meteor 1.5 (java jar, -l en -norm; corpus from pooled stats)"
         meteor, meteor_per_image = _meteor_java(gts, res, meteor)
@@ -109,37 +127,46 @@ def score_captions(
     return MetricReport(corpus, per_image, implementation, skipped, backend)
 
 
-def quick_score(references: dict[str, list[str]], hypotheses: dict[str, str], metric: str = "cider") -> float:
+def quick_score(references: dict[str, list[str]], hypotheses: dict[str, str], metric: str = "cider",
+                language: str = ENGLISH) -> float:
     """Fast Java-free CIDEr-D or BLEU-4 for picking checkpoints during training. Close to,
-    but not the figure to publish: that is score_captions(backend='coco')."""
+    but not the figure to publish: that is score_captions(backend='coco'). Text split as
+    score_captions splits `language`."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
 
     if metric not in QUICK_METRICS:
         raise ValueError(f"quick_score metric must be one of {', '.join(QUICK_METRICS)}, got {metric!r}")
     ids = _check_inputs(references, hypotheses)
-    res = {i: [ptb_like_tokenize(hypotheses[i])] for i in ids}
-    gts = {i: [ptb_like_tokenize(r) for r in references[i]] for i in ids}
+    res = {i: [tokenized(hypotheses[i], language)] for i in ids}
+    gts = {i: [tokenized(r, language) for r in references[i]] for i in ids}
     if metric == "cider":
         return float(Cider().compute_score(gts, res)[0])
     return float(Bleu(4).compute_score(gts, res, verbose=0)[0][3])
 
 
-def diversity(hypotheses: dict[str, str], train_captions: list[str] | None = None) -> dict:
+def diversity(hypotheses: dict[str, str], train_captions: list[str] | None = None, language: str = ENGLISH) -> dict:
     """Guards against a model that says the same thing for every image. Captions are
-    compared after tokenization, so 'A dog.' and 'a dog' count as the same caption."""
+    compared after tokenization (as `language` is split), so 'A dog.' and 'a dog' count as the
+    same caption."""
     if not hypotheses:
         raise ValueError("diversity() needs at least one generated caption")
-    captions = [ptb_like_tokenize(c) for c in hypotheses.values()]
+    captions = [tokenized(c, language) for c in hypotheses.values()]
     stats = {
         "distinct_caption_share": len(set(captions)) / len(captions),
         "vocab_used": len({w for c in captions for w in c.split()}),
         "mean_length": sum(len(c.split()) for c in captions) / len(captions),
     }
     if train_captions is not None:
-        seen = {ptb_like_tokenize(c) for c in train_captions}
+        seen = {tokenized(c, language) for c in train_captions}
         stats["novel_caption_share"] = sum(c not in seen for c in captions) / len(captions)
     return stats
+
+
+def tokenized(sentence: str, language: str = ENGLISH) -> str:
+    """The sentence's scoring tokens in `language` joined by spaces, as the scorers read them
+    (English: ptb_like_tokenize)."""
+    return " ".join(score_tokens(sentence, language))
 
 
 def ptb_like_tokenize(sentence: str) -> str:

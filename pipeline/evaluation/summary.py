@@ -1,6 +1,8 @@
 """A compact table of metrics/eval.json for the terminal: one row per split and decoding,
 the headline caption metrics beside the grounded ones (what captions get right about the
-image), instead of the dozens of columns `dvc metrics show` prints.
+image), instead of the dozens of columns `dvc metrics show` prints. A model of several
+languages adds a row per other language, split and decoding ("test de"): the first rows are
+its default language's (English when it has it).
 
     python -m pipeline.evaluation.summary metrics/eval.json
 """
@@ -32,11 +34,13 @@ def summary_table(metrics: dict) -> str:
     """The table as text; '-' where eval.json has no such figure."""
     header = ["split", "decoding", *(name for name, _ in COLUMNS)]
     rows = [header]
-    for split in SPLITS:
-        for decoding in DECODINGS:
-            block = metrics.get(split, {}).get(decoding)
-            if isinstance(block, dict):
-                rows.append([split, decoding, *(_cell(block, path) for _, path in COLUMNS)])
+    for language, figures in [("", metrics), *sorted(metrics.get("by_language", {}).items())]:
+        for split in SPLITS:
+            for decoding in DECODINGS:
+                block = figures.get(split, {}).get(decoding)
+                if isinstance(block, dict):
+                    label = f"{split} {language}" if language else split
+                    rows.append([label, decoding, *(_cell(block, path) for _, path in COLUMNS)])
     if len(rows) == 1:
         raise ValueError("no test/novel x greedy/beam figures found; is this the evaluate stage's metrics/eval.json?")
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

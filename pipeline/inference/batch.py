@@ -64,6 +64,8 @@ class CaptionConfig:
     # Read and encode batch k+1 in a thread while batch k is beam-searched: the exported
     # encoders and torch release the GIL, so the two overlap (README: Performance).
     overlap: bool = True
+    # Caption language: one the model was trained on ('' = its first, English when it has it).
+    language: str = ""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "beam_size", "max_len", "part_size"):
@@ -203,9 +205,10 @@ def _collate(items: list[tuple]) -> _Batch:
 
 def _row(file: ImageFile, identity: tuple[str, str], digest: str | None, *, caption: str | None = None,
          confidence: float | None = None, error: str | None = None,
-         size: tuple[int, int] | None = None) -> dict:
-    """identity: (model_id, settings JSON) of this run."""
-    return {"path": file.key, "path_escaped": file.escaped, "caption": caption, "mean_logprob": confidence,
+         size: tuple[int, int] | None = None, language: str | None = None) -> dict:
+    """identity: (model_id, settings JSON) of this run; language: the one it captions in."""
+    return {"path": file.key, "path_escaped": file.escaped, "caption": caption, "language": language,
+            "mean_logprob": confidence,
             "status": "error" if error else "ok", "error": error, "width": size[0] if size else None,
             "height": size[1] if size else None, "content_hash": digest, "model_id": identity[0],
             "settings": identity[1]}
@@ -233,7 +236,7 @@ def caption_directory(images_dir: str | Path, out_path: str | Path, checkpoint_p
         captioner = Captioner.from_checkpoint(checkpoint_path, device=cfg.device, beam_size=cfg.beam_size,
                                               max_len=cfg.max_len, length_penalty=cfg.length_penalty,
                                               allow_encoder_mismatch=allow_encoder_mismatch,
-                                              runtime=cfg.runtime, threads=threads)
+                                              runtime=cfg.runtime, threads=threads, language=cfg.language or None)
         identity = (captioner.model_id, settings_json(captioner.settings))
         unlisted: dict[str, str] = {}
         files = list(list_images(images_dir, cfg.patterns, cfg.recursive, exclude=[out, parts_dir],
@@ -261,7 +264,7 @@ def caption_directory(images_dir: str | Path, out_path: str | Path, checkpoint_p
                "failed": counts["error"], "kept_unlisted": counts["kept_unlisted"],
                "listing_incomplete": bool(unlisted), "unlisted_dirs": list(unlisted),
                "seconds": round(seconds, 3), "out": str(out), "model_id": captioner.model_id,
-               "settings": captioner.settings,
+               "settings": captioner.settings, "language": captioner.language,
                "images_per_second": round(stats["captioned"] / max(stats["caption_seconds"], 1e-9), 2)}
     logger.info("caption-batch: %d listed: %d reused, %d new, %d re-captioned (model or settings changed), "
                 "%d re-captioned (file changed), %d retried (error before); %d captioned, %d failed "
@@ -310,12 +313,13 @@ def _caption_files(files: list[ImageFile], captioner: Captioner, identity: tuple
         for batch, features in _encoded_batches(loader, captioner, cfg.overlap):
             b = batch.images
             for index, error in b.failures:
-                writer.add(_row(files[index], identity, batch.hashes[index], error=error))
+                writer.add(_row(files[index], identity, batch.hashes[index], error=error,
+                                language=captioner.language))
             if features is not None:
                 captions, confidence = captioner.caption_features(features)
                 for index, caption, conf, size in zip(b.indices, captions, confidence, b.sizes):
                     writer.add(_row(files[index], identity, batch.hashes[index],
-                                    caption=caption, confidence=conf, size=size))
+                                    caption=caption, confidence=conf, size=size, language=captioner.language))
             stats["captioned"] += len(b.indices)
             stats["errors"] += len(b.failures)
             for reason in batch.reasons.values():

@@ -23,6 +23,7 @@ SCHEMA = pa.schema([
     ("path", pa.string()),  # relative to the images dir, POSIX separators
     ("path_escaped", pa.bool_()),  # True: the name is not UTF-8; `path` is its backslash-escaped repr
     ("caption", pa.string()),
+    ("language", pa.string()),  # the caption's language (null in outputs of older versions)
     ("mean_logprob", pa.float64()),  # mean token log-probability (<end> included): confidence
     ("status", pa.string()),  # ok | error
     ("error", pa.string()),
@@ -31,11 +32,11 @@ SCHEMA = pa.schema([
     ("content_hash", pa.string()),  # sha256 of the file's bytes; null when unreadable
     ("model_id", pa.string()),
     # Canonical JSON of every decoding setting that made the caption (beam_size, max_len,
-    # length_penalty, precision): see settings_json.
+    # length_penalty, precision, and the language for a model of several): see settings_json.
     ("settings", pa.string()),
 ])
 # Columns that outputs of older versions lack: their rows are read as null (never matching).
-_ADDED_LATER = frozenset({"settings"})
+_ADDED_LATER = frozenset({"settings", "language"})
 Key = tuple[str, bool]  # (path, path_escaped): identifies a row across runs
 
 

@@ -4,6 +4,10 @@
     captioner = Captioner.from_checkpoint("models/model.pt")
     captioner.generate_caption("photo.jpg")
     captioner.caption_batch(["a.jpg", "b.png"])  # bad files become results with .error set
+    captioner.generate_caption("photo.jpg", language="de")  # a model trained on several languages
+
+`captioner.languages` lists the languages the model was trained on, its default first
+(English when it has it); asking for another is a LanguageError naming them.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import torch
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.data.images import ImageLoadError, load_image_tensor, make_loader
+from pipeline.data.multilingual import LanguageError, banned_ids, model_languages, resolve_language, start_id
 from pipeline.data.vocab import from_payload
 from pipeline.decoders import decoder_from_spec
 from pipeline.decoders.search import Decoded, decode
@@ -59,16 +64,20 @@ class Captioner:
     """allow_encoder_mismatch: caption even when the rebuilt encoder is not the one the model was
     trained with (its fingerprint differs); model_id then names the encoder actually used.
     runtime: where the encoder runs (pipeline/encoders/runtimes.py: auto | torch | openvino |
-    onnxruntime); threads: its threads (0 = all cores)."""
+    onnxruntime); threads: its threads (0 = all cores). language: the language to caption in
+    (one of `languages`, the model's; None = its first, English when it has it)."""
 
     def __init__(self, checkpoint: dict, device: str = "cpu", beam_size: int = 3,
                  max_len: int = 20, length_penalty: float = 0.7, allow_encoder_mismatch: bool = False,
-                 runtime: str = "auto", threads: int = 0, runtime_cache: str | Path | None = None):
+                 runtime: str = "auto", threads: int = 0, runtime_cache: str | Path | None = None,
+                 language: str | None = None):
         missing = [k for k in ("vocab", "encoder", "decoder", "decoder_state") if k not in checkpoint]
         if missing:
             raise CheckpointMismatchError(f"checkpoint lacks {missing}: not written by the train stage")
         self.device = resolve_device(device)
         self.vocab = from_payload(checkpoint["vocab"])  # word list or sentencepiece model
+        self.languages = model_languages(self.vocab, checkpoint.get("extra", {}).get("languages"))
+        self.language = resolve_language(language, self.languages)
         info = checkpoint["encoder"]
         self.encoder_info = info
         self.encoder = build_encoder(EncoderConfig(name=info["name"], weights=info["weights"],
@@ -184,11 +193,12 @@ class Captioner:
     @property
     def settings(self) -> dict:
         """Everything besides the model that decides a caption (caption-batch stores it in each
-        row and resumes only rows made with equal settings). A language joins here when
-        decoding gains one."""
+        row and resumes only rows made with equal settings). The language only for a model of
+        several: rows of a one-language model stay reusable across versions."""
+        language = {"language": self.language} if len(self.languages) > 1 else {}
         return {"beam_size": int(self.beam_size), "max_len": int(self.max_len),
                 "length_penalty": float(self.length_penalty), "precision": self.precision,
-                "runtime": self.runtime.name}
+                "runtime": self.runtime.name, **language}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", **kwargs) -> "Captioner":
@@ -207,31 +217,42 @@ class Captioner:
         # captions from images equal captions from the cache.
         return features.half().float()
 
-    def decode_features(self, features: torch.Tensor, beam_size: int | None = None) -> Decoded:
+    def decode_features(self, features: torch.Tensor, beam_size: int | None = None,
+                        language: str | None = None) -> Decoded:
+        """Decode encoded images in `language` (None: the captioner's language)."""
         beam = self.beam_size if beam_size is None else beam_size
-        banned = (self.vocab.pad_id, self.vocab.start_id, self.vocab.unk_id)  # never shown to a user
-        return decode(self.decoder, features.to(self.device), self.vocab.start_id, self.vocab.end_id,
-                      self.max_len, beam, self.length_penalty, banned_ids=banned)
+        first = start_id(self.vocab, self.language if language is None else resolve_language(language, self.languages))
+        return decode(self.decoder, features.to(self.device), first, self.vocab.end_id, self.max_len, beam,
+                      self.length_penalty, banned_ids=banned_ids(self.vocab))  # never shown to a user
 
-    def caption_features(self, features: torch.Tensor, beam_size: int | None = None) -> tuple[list[str], list[float]]:
+    def caption_features(self, features: torch.Tensor, beam_size: int | None = None,
+                         language: str | None = None) -> tuple[list[str], list[float]]:
         """Encoded images (what encode() returns) -> captions and their mean token log-probabilities."""
-        out = self.decode_features(features, beam_size)
+        out = self.decode_features(features, beam_size, language)
         return [self.vocab.decode(t) for t in out.tokens], out.mean_logprob
 
-    def caption_tensors(self, images: torch.Tensor, beam_size: int | None = None) -> tuple[list[str], list[float]]:
+    def caption_tensors(self, images: torch.Tensor, beam_size: int | None = None,
+                        language: str | None = None) -> tuple[list[str], list[float]]:
         """Preprocessed images (N, C, H, W) -> captions and their mean token log-probabilities."""
-        return self.caption_features(self.encode(images), beam_size)
+        return self.caption_features(self.encode(images), beam_size, language)
 
-    def generate_caption(self, image_path: str | Path, beam_size: int | None = None) -> str:
-        """Caption one image; raises ImageLoadError with the reason for an unreadable file."""
+    def generate_caption(self, image_path: str | Path, beam_size: int | None = None,
+                         language: str | None = None) -> str:
+        """Caption one image in `language` (None: the captioner's); raises ImageLoadError with the
+        reason for an unreadable file, LanguageError for a language the model was not trained on."""
+        if language is not None:  # before reading the image: a wrong language is the caller's first problem
+            resolve_language(language, self.languages)
         tensor, _ = load_image_tensor(Path(image_path), self.preprocess)
-        captions, _ = self.caption_tensors(tensor.unsqueeze(0), beam_size)
+        captions, _ = self.caption_tensors(tensor.unsqueeze(0), beam_size, language)
         return captions[0]
 
     def caption_batch(self, paths: list[str | Path], batch_size: int = 32, num_workers: int = 0,
-                      beam_size: int | None = None) -> list[CaptionResult]:
-        """Caption many images, results in input order; a bad file becomes a result with
-        `error` set, never an exception."""
+                      beam_size: int | None = None, language: str | None = None) -> list[CaptionResult]:
+        """Caption many images in `language` (None: the captioner's), results in input order; a
+        bad file becomes a result with `error` set, never an exception (a language the model was
+        not trained on is a LanguageError, before any image is read)."""
+        if language is not None:
+            resolve_language(language, self.languages)
         results: list[CaptionResult | None] = [None] * len(paths)
         loader = make_loader([Path(p) for p in paths], self.preprocess, batch_size, num_workers)
         for batch in loader:
@@ -239,10 +260,10 @@ class Captioner:
                 results[index] = CaptionResult(str(paths[index]), None, None, error)
             if batch.images is None:
                 continue
-            captions, confidence = self.caption_tensors(batch.images, beam_size)
+            captions, confidence = self.caption_tensors(batch.images, beam_size, language)
             for index, caption, conf, (w, h) in zip(batch.indices, captions, confidence, batch.sizes):
                 results[index] = CaptionResult(str(paths[index]), caption, conf, None, w, h)
         return results  # type: ignore[return-value]
 
 
-__all__ = ["Captioner", "CaptionResult", "CheckpointMismatchError", "ImageLoadError", "model_digest"]
+__all__ = ["Captioner", "CaptionResult", "CheckpointMismatchError", "ImageLoadError", "LanguageError", "model_digest"]

@@ -7,6 +7,7 @@ model/vocab or encoder mismatch...).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from enum import Enum
@@ -18,6 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from pipeline.config import ParamsError
+from pipeline.distributed.ray_cluster import RayOptions, RayUnavailableError
+from pipeline.distributed.storage import is_uri
 from pipeline.encoders.runtimes import RUNTIMES, RuntimeMismatchError, RuntimeUnavailableError
 from pipeline.errors import EncoderWeightsError
 from pipeline.inference.batch import (DEFAULT_PATTERNS, EXIT_LISTING_INCOMPLETE, CaptionConfig, CaptionUsageError,
@@ -40,6 +43,11 @@ class Device(str, Enum):
 Runtime = Enum("Runtime", {name: name for name in RUNTIMES}, type=str)  # the encoder runtimes
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 def _progress_bar(console: Console) -> Progress:
     return Progress(TextColumn("captioning"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                     TextColumn("{task.fields[rate]}"),
@@ -53,8 +61,10 @@ def _progress_bar(console: Console) -> Progress:
                     "the model and every decoding setting (beam size, max length, length penalty, "
                     "precision: the row's 'settings' column) are unchanged; other files are captioned again.")
 def main(
-    images: Path = typer.Argument(..., help="Directory of images to caption."),
-    out: Path = typer.Argument(..., help="Output Parquet file (one row per image; resumed if it exists)."),
+    # str, not Path: a Path would turn s3://bucket into s3:/bucket
+    images: str = typer.Argument(..., help="Directory of images to caption (--engine ray: also s3://, gs://...)."),
+    out: str = typer.Argument(..., help="Output Parquet file (one row per image; resumed if it exists). "
+                              "--engine ray: also a URI, then a directory of Parquet parts."),
     model: Path = typer.Option(Path("models/model.pt"),
                                help="Trained checkpoint (`dvc repro` writes models/model.pt)."),
     device: Device = typer.Option(Device.auto, help="auto = cuda when available, else cpu."),
@@ -69,6 +79,8 @@ def main(
     max_len: int = typer.Option(_DEFAULTS.max_len, min=1, help="Longest caption, in words."),
     length_penalty: float = typer.Option(_DEFAULTS.length_penalty, min=0.0,
                                          help="Beam ranking: logprob / length**penalty (0 = raw log-probability)."),
+    language: Optional[str] = typer.Option(None, help="Caption language, one the model was trained on (e.g. de). "
+                                           "[default: the model's first, English when it has it]", show_default=False),
     allow_encoder_mismatch: bool = typer.Option(
         False, "--allow-encoder-mismatch",
         help="Caption even if the encoder rebuilt from its weights is not the one the model was trained "
@@ -79,6 +91,13 @@ def main(
     pattern: Optional[List[str]] = typer.Option(
         None, help=f"File-name glob, case-insensitive; repeatable. [default: {' '.join(DEFAULT_PATTERNS)}]",
         show_default=False),
+    engine: Engine = typer.Option(Engine.local, help="local: this process (and --workers); ray: Ray Data, decoding "
+                                  "in CPU tasks and the model in an actor pool, on this machine or a cluster "
+                                  "(pip install -e '.[ray]')."),
+    address: Optional[str] = typer.Option(None, help="--engine ray: the Ray cluster: auto (the one running here) or "
+                                          "ray://HOST:10001. [default: $RAY_ADDRESS, else a local cluster]"),
+    actors: int = typer.Option(0, min=0,
+                               help="--engine ray: model actors at most (0 = one per GPU, else one per node)."),
 ) -> None:
     """Caption every image under IMAGES into OUT.parquet with the trained model; broken files
     become rows with status 'error'. Rerunning with the same OUT resumes where it stopped."""
@@ -87,12 +106,14 @@ def main(
     console = Console(stderr=True)
     try:
         try:
-            resolve_device(device.value)
+            if engine is Engine.local:  # Ray checks its cluster's devices, not this machine's
+                resolve_device(device.value)
         except RuntimeError as err:  # asked for CUDA on a machine without it
             raise CaptionUsageError(str(err)) from None
+        run = _engine(engine, images, out, address, actors)
         cfg = CaptionConfig(images_dir=str(images), batch_size=batch_size, num_workers=workers, threads=threads,
                             device=device.value, runtime=runtime.value, beam_size=beam_size, max_len=max_len,
-                            length_penalty=length_penalty, part_size=part_size,
+                            length_penalty=length_penalty, part_size=part_size, language=language or "",
                             recursive=recursive, patterns=list(pattern or DEFAULT_PATTERNS))
         if console.is_terminal:
             with _progress_bar(console) as bar:
@@ -101,12 +122,11 @@ def main(
                 def report(done: int, total: int) -> None:
                     speed = bar.tasks[task].speed
                     bar.update(task, completed=done, total=total, rate=f"{speed:.1f} images/s" if speed else "")
-                summary = caption_directory(images, out, model, cfg, progress=report,
-                                            allow_encoder_mismatch=allow_encoder_mismatch)
+                summary = run(images, out, model, cfg, progress=report, allow_encoder_mismatch=allow_encoder_mismatch)
         else:
-            summary = caption_directory(images, out, model, cfg, allow_encoder_mismatch=allow_encoder_mismatch)
+            summary = run(images, out, model, cfg, allow_encoder_mismatch=allow_encoder_mismatch)
     except (CaptionUsageError, CheckpointMismatchError, EncoderWeightsError, FileNotFoundError, ParamsError,
-            RuntimeMismatchError, RuntimeUnavailableError, ValueError) as err:
+            RuntimeMismatchError, RuntimeUnavailableError, ValueError, RayUnavailableError, ConnectionError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:
@@ -128,6 +148,18 @@ def main(
         raise typer.Exit(EXIT_LISTING_INCOMPLETE)
     if summary["failed"]:
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _engine(engine: Engine, images: str, out: str, address: str | None, actors: int):
+    """The caption_directory function of the engine asked for."""
+    if engine is Engine.ray:
+        from pipeline.distributed.ray_engine import caption_directory_ray  # imports Ray only when it runs
+        return functools.partial(caption_directory_ray, options=RayOptions(address=address, actors=actors))
+    if address is not None or actors:
+        raise CaptionUsageError("--address and --actors are options of --engine ray")
+    if is_uri(images) or is_uri(out):
+        raise CaptionUsageError(f"URIs ({images if is_uri(images) else out}) need --engine ray")
+    return caption_directory
 
 
 if __name__ == "__main__":

@@ -15,7 +15,16 @@ Typical use from the training loop (after cross-entropy epochs):
     scorer = CiderD(refs, end=vocab.end_id)
     stats = scst_epoch(decoder, optimizer, train_features, refs, scorer, start_id=vocab.start_id,
                        end_id=vocab.end_id, max_len=cfg.max_len, generator=generator,
-                       banned_ids=(vocab.pad_id, vocab.start_id, vocab.unk_id))
+                       banned_ids=(vocab.pad_id, vocab.start_id, vocab.unk_id), words=vocab.sampled_words)
+
+The reward counts words, as the metrics do, whatever the vocabulary kind: references and
+samples go through vocab.reward_words / vocab.sampled_words (word ids for the word kind, the
+words of the detokenised text for sentencepiece pieces).
+
+A multilingual model (pipeline/data/multilingual.py) scores each image in one language: the
+start token, the scorer (document frequencies of that language's references) and the words
+function may be given per image (a tensor of start ids, lists of scorers and of functions,
+one per image); scst_epoch takes each batch's share (pipeline/training/languages.py).
 """
 from __future__ import annotations
 
@@ -23,24 +32,41 @@ import logging
 import math
 import time
 from collections import Counter
-from typing import Hashable, Iterable, Sequence
+from typing import Callable, Hashable, Iterable, Sequence
 
 import torch
 from torch import nn
 
-from pipeline.data.vocab import Vocab, tokenize
-from pipeline.decoders.search import checked_banned_ids, greedy
+from pipeline.data.vocab import Vocab
+from pipeline.decoders.search import checked_banned_ids, greedy, start_tokens
+from pipeline.distributed.ddp import all_sum, average_gradients, broadcast, shard
 
 logger = logging.getLogger(__name__)
 
 Tokens = Sequence[Hashable]
+Words = Callable[[list[int]], Sequence[Hashable]]  # sampled ids (<end> last if sampled) -> reward units
 
 
-def reference_tokens(captions_per_image: Iterable[Sequence[str]], vocab: Vocab) -> list[list[list[Hashable]]]:
-    """Reference captions as word ids, tokenized like the training captions. Words outside the
-    vocabulary stay as their string: a sampled <unk> then matches nothing (as it would once
-    decoded to text), and the references' n-gram statistics are those of the real words."""
-    return [[[vocab.stoi.get(w, w) for w in tokenize(c)] for c in captions] for captions in captions_per_image]
+def _take(value, rows: list[int]):
+    """The batch's share of a per-image value (start ids tensor, list of scorers or of words
+    functions); a value shared by every image as it is."""
+    if isinstance(value, torch.Tensor):
+        return value[rows]
+    return [value[i] for i in rows] if isinstance(value, (list, tuple)) else value
+
+
+def _each(value, n: int) -> list:
+    """A per-image list of n, from a shared value or a list already."""
+    return list(value) if isinstance(value, (list, tuple)) else [value] * n
+
+
+def reference_tokens(captions_per_image: Iterable[Sequence[str]], vocab: Vocab,
+                     language: str | None = None) -> list[list[list[Hashable]]]:
+    """Reference captions in the units the reward counts (vocab.reward_words): words, as word
+    ids where the word vocabulary has them. Words outside it stay as their string: a sampled
+    <unk> then matches nothing (as it would once decoded to text), and the references' n-gram
+    statistics are those of the real words. `language`: how the words are split (subword kind)."""
+    return [[vocab.reward_words(c, language) for c in captions] for captions in captions_per_image]
 
 
 class CiderD:
@@ -128,7 +154,7 @@ def _sampling_generator(generator: torch.Generator | None, device: torch.device)
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def sample(decoder: nn.Module, features: torch.Tensor, start_id: int, end_id: int, max_len: int,
+def sample(decoder: nn.Module, features: torch.Tensor, start_id: int | torch.Tensor, end_id: int, max_len: int,
            n_samples: int, banned_ids: Iterable[int] = (), generator: torch.Generator | None = None,
            pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw `n_samples` captions per image from the decoder's distribution (row = image * n + j).
@@ -147,7 +173,7 @@ def sample(decoder: nn.Module, features: torch.Tensor, start_id: int, end_id: in
     state = decoder.start(features)
     state = decoder.select(state, torch.arange(features.shape[0], device=device).repeat_interleave(n_samples))
     banned = torch.as_tensor(banned_ids, dtype=torch.long, device=device)
-    tokens = torch.full((total,), start_id, dtype=torch.long, device=device)
+    tokens = start_tokens(start_id, features.shape[0], device, repeat=n_samples)
     alive = torch.ones(total, dtype=torch.bool, device=device)
     words, logps, masks = [], [], []
     for _ in range(max_len):
@@ -167,12 +193,14 @@ def sample(decoder: nn.Module, features: torch.Tensor, start_id: int, end_id: in
 
 
 def sequence_log_probs(decoder: nn.Module, features: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
-                      n_samples: int, start_id: int, end_id: int, banned_ids: Iterable[int] = ()) -> torch.Tensor:
+                      n_samples: int, start_id: int | torch.Tensor, end_id: int,
+                      banned_ids: Iterable[int] = ()) -> torch.Tensor:
     """log p of given samples (row image * n + j, as sample() returns them) in one teacher-forced
     forward pass, with the ban sample() applies; 0 where masked. Decoders with `forward_rows`
     encode each image once for its n samples."""
     rows = torch.arange(features.shape[0], device=features.device).repeat_interleave(n_samples)
-    captions = torch.cat([torch.full_like(tokens[:, :1], start_id), tokens], dim=1)
+    first = start_tokens(start_id, features.shape[0], tokens.device, repeat=n_samples)
+    captions = torch.cat([first.unsqueeze(1), tokens], dim=1)
     forward_rows = getattr(decoder, "forward_rows", None)
     logits = forward_rows(features, captions, rows) if forward_rows else decoder(features[rows], captions)
     logp = torch.log_softmax(logits.float(), dim=-1)
@@ -192,28 +220,37 @@ def leave_one_out_baseline(rewards: torch.Tensor) -> torch.Tensor:
     return (rewards.sum(dim=1, keepdim=True) - rewards) / (n - 1)
 
 
-def sample_rewards(scorer: CiderD, tokens: torch.Tensor, mask: torch.Tensor, image_refs: Sequence,
-                   n_samples: int) -> torch.Tensor:
-    """CIDEr-D of every sample (row image * n + j) against its image's references -> (N, n)."""
+def sample_rewards(scorer: CiderD | Sequence[CiderD], tokens: torch.Tensor, mask: torch.Tensor,
+                   image_refs: Sequence, n_samples: int, words: Words | Sequence[Words] | None = None) -> torch.Tensor:
+    """CIDEr-D of every sample (row image * n + j) against its image's references -> (N, n).
+    `words` turns a sample's ids into the references' units (vocab.sampled_words); None: as they
+    are. `scorer` and `words` are shared, or one per image (a multilingual batch)."""
     lengths = mask.sum(1).tolist()
     rows = [seq[:m] for seq, m in zip(tokens.tolist(), lengths)]  # <end> kept when it was sampled
-    rewards = [scorer.score_many(rows[i * n_samples: (i + 1) * n_samples], refs)
-               for i, refs in enumerate(image_refs)]
+    scorers, image_words = _each(scorer, len(image_refs)), _each(words, len(image_refs))
+    rewards = []
+    for i, refs in enumerate(image_refs):
+        samples = rows[i * n_samples: (i + 1) * n_samples]
+        if image_words[i] is not None:
+            samples = [image_words[i](row) for row in samples]
+        rewards.append(scorers[i].score_many(samples, refs))
     return torch.tensor(rewards, dtype=torch.float32)
 
 
-def scst_loss(decoder: nn.Module, features: torch.Tensor, image_refs: Sequence, scorer: CiderD,
-              start_id: int, end_id: int, max_len: int, n_samples: int = 5, banned_ids: Iterable[int] = (),
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+def scst_loss(decoder: nn.Module, features: torch.Tensor, image_refs: Sequence, scorer: CiderD | Sequence[CiderD],
+              start_id: int | torch.Tensor, end_id: int, max_len: int, n_samples: int = 5,
+              banned_ids: Iterable[int] = (), generator: torch.Generator | None = None,
+              words: Words | Sequence[Words] | None = None) -> tuple[torch.Tensor, dict]:
     """REINFORCE with a leave-one-out baseline: loss = -(r - b) * log p(sample), averaged over
     samples. Normalised per sample, not per token: that is the unbiased estimate of the gradient
     of the expected reward; dividing by tokens would weigh each short sample's tokens more.
     The reward is a constant: gradients flow only through the sampled tokens' log-probs."""
     if len(image_refs) != features.shape[0]:
         raise ValueError(f"{features.shape[0]} images of features but {len(image_refs)} reference lists")
-    if scorer.end is not None and scorer.end != end_id:
-        raise ValueError(f"the scorer appends {scorer.end!r} to references but samples end with {end_id!r}: "
-                         "build CiderD(refs, end=vocab.end_id)")
+    for end in {s.end for s in _each(scorer, 1)}:
+        if end is not None and end != end_id:
+            raise ValueError(f"the scorer appends {end!r} to references but samples end with {end_id!r}: "
+                             "build CiderD(refs, end=vocab.end_id)")
     if n_samples < 2:
         raise ValueError(f"SCST's leave-one-out baseline needs n_samples >= 2, got {n_samples}")
     # Sample without a graph, then score the samples in one teacher-forced pass: backward through
@@ -221,7 +258,7 @@ def scst_loss(decoder: nn.Module, features: torch.Tensor, image_refs: Sequence, 
     with torch.no_grad():
         tokens, _, mask = sample(decoder, features, start_id, end_id, max_len, n_samples, banned_ids, generator)
     logp = sequence_log_probs(decoder, features, tokens, mask, n_samples, start_id, end_id, banned_ids)
-    rewards = sample_rewards(scorer, tokens, mask, image_refs, n_samples)
+    rewards = sample_rewards(scorer, tokens, mask, image_refs, n_samples, words)
     baseline = leave_one_out_baseline(rewards)
     advantage = (rewards - baseline).reshape(-1).to(logp.device)
     loss = -(advantage * logp.sum(1)).mean()
@@ -243,10 +280,10 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list
 
 
 def scst_epoch(decoder: nn.Module, optimizer: torch.optim.Optimizer, features: torch.Tensor,
-               image_refs: Sequence, scorer: CiderD, *, start_id: int, end_id: int, max_len: int,
-               n_samples: int = 5, batch_size: int = 64, banned_ids: Iterable[int] = (),
+               image_refs: Sequence, scorer: CiderD | Sequence[CiderD], *, start_id: int | torch.Tensor,
+               end_id: int, max_len: int, n_samples: int = 5, batch_size: int = 64, banned_ids: Iterable[int] = (),
                generator: torch.Generator | None = None, grad_clip: float = 5.0,
-               scheduler=None) -> dict:
+               scheduler=None, words: Words | Sequence[Words] | None = None) -> dict:
     """One SCST pass over the images (row i of `features` has the references image_refs[i]),
     in shuffled batches of `batch_size` images (x n_samples captions each). The decoder runs in
     eval mode (no dropout, BatchNorm running statistics): the policy sampled and improved is the
@@ -254,7 +291,11 @@ def scst_epoch(decoder: nn.Module, optimizer: torch.optim.Optimizer, features: t
     same network that drew them (train-mode dropout would draw a different mask for each).
     Measured on the default (README: Decoders): equal or better grounded figures than sampling
     in train mode, and ~20% less time per epoch. The previous mode is restored. Returns sample-weighted means of reward, baseline, sample
-    length and loss."""
+    length and loss.
+
+    Under torchrun (pipeline.distributed.ddp) every rank takes rank 0's batch order and samples
+    its share of each batch with its own `generator`; gradients are averaged over the ranks
+    before each update, so `batch_size` images make one update whatever the number of ranks."""
     if len(image_refs) != len(features):
         raise ValueError(f"{len(features)} images of features but {len(image_refs)} reference lists")
     if batch_size < 1:
@@ -263,17 +304,20 @@ def scst_epoch(decoder: nn.Module, optimizer: torch.optim.Optimizer, features: t
     device = next(decoder.parameters()).device
     params = [p for group in optimizer.param_groups for p in group["params"]]
     t0 = time.time()
-    batches = _batches(len(features), batch_size, generator)
+    batches = shard(broadcast(_batches(len(features), batch_size, generator)))
     sampler = _sampling_generator(generator, device)  # derived once, then it advances
     was_training = decoder.training
     decoder.eval()
     sums = {"reward": 0.0, "baseline": 0.0, "sample_length": 0.0, "loss": 0.0}
     for idx in batches:
         feats = features[idx.to(features.device)].to(device)
-        loss, stats = scst_loss(decoder, feats, [image_refs[i] for i in idx.tolist()], scorer,
-                                start_id, end_id, max_len, n_samples, banned_ids, sampler)
+        rows = idx.tolist()
+        loss, stats = scst_loss(decoder, feats, [image_refs[i] for i in rows], _take(scorer, rows),
+                                _take(start_id, rows), end_id, max_len, n_samples, banned_ids, sampler,
+                                _take(words, rows))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(params)
         if grad_clip > 0:
             nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
@@ -283,8 +327,9 @@ def scst_epoch(decoder: nn.Module, optimizer: torch.optim.Optimizer, features: t
             sums[key] += stats[key] * len(idx)
         sums["loss"] += loss.item() * len(idx)
     decoder.train(was_training)
-    out = {key: value / len(features) for key, value in sums.items()}
-    out.update(images=len(features), steps=len(batches), seconds=time.time() - t0)
+    *totals, images = all_sum(*sums.values(), sum(len(idx) for idx in batches))
+    out = {key: value / images for key, value in zip(sums, totals)}
+    out.update(images=images, steps=len(batches), seconds=time.time() - t0)
     logger.info("scst: reward %.3f (baseline %.3f), sample length %.1f, %d steps in %.1fs",
                 out["reward"], out["baseline"], out["sample_length"], out["steps"], out["seconds"])
     return out
@@ -293,7 +338,7 @@ def scst_epoch(decoder: nn.Module, optimizer: torch.optim.Optimizer, features: t
 @torch.no_grad()
 def greedy_reward(decoder: nn.Module, features: torch.Tensor, image_refs: Sequence, scorer: CiderD,
                   start_id: int, end_id: int, max_len: int, banned_ids: Iterable[int] = (),
-                  batch_size: int = 256) -> float:
+                  batch_size: int = 256, words: Words | None = None) -> float:
     """Mean CIDEr-D reward of greedy captions (eval mode; the decoder's mode is restored):
     what SCST should raise, for logging and tests."""
     was_training = decoder.training
@@ -306,8 +351,8 @@ def greedy_reward(decoder: nn.Module, features: torch.Tensor, image_refs: Sequen
             for j, seq in enumerate(out.tokens):
                 # greedy() strips <end>: a caption shorter than max_len did emit it.
                 ended = len(seq) < max_len and scorer.end is not None
-                cand = [*seq, end_id] if ended else seq
-                total += scorer.score(cand, image_refs[lo + j])
+                cand = [*seq, end_id] if ended else list(seq)
+                total += scorer.score(words(cand) if words else cand, image_refs[lo + j])
     finally:
         decoder.train(was_training)
     return total / max(len(features), 1)

@@ -7,7 +7,7 @@ import functools
 from collections.abc import Callable
 from pathlib import Path
 
-from . import coco, csvfile, flickr8k, flickr30k, jsonl, karpathy
+from . import coco, crossmodal3600, csvfile, flickr8k, flickr30k, jsonl, karpathy, multi30k
 from .common import DataConfig, FormatError, Parsed, Record, hash_fraction
 
 Parser = Callable[[Path, DataConfig], Parsed]
@@ -20,6 +20,8 @@ FORMATS: dict[str, Parser] = {
     "flickr30k": flickr30k.parse,
     "coco": coco.parse,
     "karpathy": karpathy.parse,
+    "multi30k": multi30k.parse,
+    "crossmodal3600": crossmodal3600.parse,
 }
 
 __all__ = ["FORMATS", "DataConfig", "FormatError", "Parsed", "Parser", "Record", "hash_fraction"]

@@ -8,13 +8,14 @@ rules. A parser therefore never needs to be careful about anything but its own s
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 class FormatError(ValueError):
@@ -35,17 +36,44 @@ class DataConfig:
     check_files: bool = True  # drop (and report) listed images that are not on disk
     captions_file: str = ""  # overrides the format's default caption file name
     karpathy_file: str = ""  # which dataset_*.json, when the root holds several
+    languages: list[str] = field(default_factory=list)  # keep captions in these languages only; [] = all
+    caption_language: str = ""  # language of captions whose files name none; "" = en (STAIR Captions: ja)
+    multi30k_task: int = 2  # Multi30k: 1 = one translation per language per image, 2 = five descriptions
+
+
+# A caption's language when neither its source nor data.caption_language says.
+DEFAULT_LANGUAGE = "en"
+# ISO 639 code, optionally with a region or script subtag ("en", "pt-br", "zh-hant").
+LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]{2,8})*")
+
+
+def check_language_code(code: object, where: str) -> None:
+    if not isinstance(code, str) or not LANGUAGE_CODE.fullmatch(code):
+        raise FormatError(f"{where}: language {code!r} is not a lower-case language code such as 'en' or 'de'")
+
+
+def normalize_language(code: object, where: str) -> str:
+    """A language code as a data set spells it, in the manifest's form: lower case, subtags
+    joined by '-' ("DE" -> "de", "zh_TW" -> "zh-tw"). Region and script subtags are kept, so
+    zh-tw and zh stay two languages (they are written differently); data.languages names them
+    exactly."""
+    text = code.strip().lower().replace("_", "-") if isinstance(code, str) else code
+    if not isinstance(text, str) or not LANGUAGE_CODE.fullmatch(text):
+        raise FormatError(f"{where}: {code!r} is not a language code such as 'en', 'de' or 'zh-tw'")
+    return text
 
 
 @dataclass(frozen=True)
 class Record:
     """One image mention in a source: its path relative to the data root as the source
-    spells it, the caption(s) on that line, and the source's split (None = assign one)."""
+    spells it, the caption(s) on that line, their language, and the source's split (None =
+    assign one)."""
 
     path: str
     captions: tuple[str, ...]
     split: str | None
     where: str  # "file:line" so errors can point at the offending line
+    language: str | None = None  # of every caption in `captions`; None: data.caption_language (or en)
 
 
 @dataclass
@@ -66,13 +94,31 @@ def where(path: Path, line: int | None = None) -> str:
     return f"{path.name}:{line}" if line is not None else path.name
 
 
+def open_text(path: Path) -> IO[str]:
+    """A UTF-8 text file, gzip-compressed when its name ends in .gz (Multi30k ships its text
+    that way); BOM and CRLF tolerated."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline=None)
+    return open(path, encoding="utf-8-sig", newline=None)
+
+
 def read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, stripped text) for every non-blank line; BOM and CRLF tolerated."""
-    with open(path, encoding="utf-8-sig", newline=None) as f:
+    """(1-based line number, stripped text) for every non-blank line."""
+    with open_text(path) as f:
         for number, line in enumerate(f, start=1):
             text = line.strip()
             if text:
                 yield number, text
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, decoded value) for every non-blank line of a JSON Lines file."""
+    for number, text in read_lines(path):
+        try:
+            item = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise FormatError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        yield number, item
 
 
 def read_json(path: Path) -> Any:

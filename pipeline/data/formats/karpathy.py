@@ -4,13 +4,17 @@
 use these files. Captions come from `raw` (our own tokenizer runs later).
 
 Images: COCO entries carry a `filepath` (e.g. `val2014/`) resolved under the root or
-under `images/`; Flickr entries have only a file name, looked for in `images/`, the
-root itself, or the folders the Flickr formats know."""
+under `images/` (a COCO 2014 file name without one, as in other languages' files of this
+layout, gets the folder its name gives); Flickr entries have only a file name, looked for in
+`images/`, the root itself, or the folders the Flickr formats know.
+
+Karpathy-layout files in another language (COCO-CN's `dataset_mscoco-cn.json`) work the
+same with data.karpathy_file and data.caption_language (the file does not name its language)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import flickr8k, flickr30k
+from . import coco, flickr8k, flickr30k
 from .common import DataConfig, FormatError, Parsed, Record, find_file, pick_prefix, read_json, where
 
 FILES = ("dataset_coco.json", "dataset_flickr8k.json", "dataset_flickr30k.json")
@@ -27,7 +31,8 @@ def parse(root: Path, cfg: DataConfig) -> Parsed:
     entries = []
     for index, image in enumerate(data["images"]):
         try:
-            name = f"{image['filepath']}/{image['filename']}" if image.get("filepath") else image["filename"]
+            filepath = image.get("filepath") or coco.folder_in_name(image["filename"])
+            name = f"{filepath}/{image['filename']}" if filepath else image["filename"]
             split = SPLITS.get(image["split"])
             captions = tuple(sentence["raw"] for sentence in image["sentences"])
         except (KeyError, TypeError) as e:
@@ -38,7 +43,7 @@ def parse(root: Path, cfg: DataConfig) -> Parsed:
             raise FormatError(
                 f"{path}: images[{index}] has split {image['split']!r}; expected one of {', '.join(SPLITS)}"
             )
-        entries.append((name, split, captions, bool(image.get("filepath"))))
+        entries.append((name, split, captions, bool(filepath)))
     # Entries with and without a filepath resolve against different folder lists.
     prefixes = {
         has_filepath: pick_prefix(
