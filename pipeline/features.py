@@ -17,7 +17,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -232,8 +232,13 @@ def build_features_encoder(encoder_cfg: EncoderConfig, cfg: FeaturesConfig, devi
 
 
 def extract_features(items: list[tuple[str, Path]], encoder_cfg: EncoderConfig, cfg: FeaturesConfig,
-                     out_path: Path, errors_path: Path) -> dict[str, Any]:
-    """Write one row per decodable image of `items` ((image_id, path) pairs) to `out_path`."""
+                     out_path: Path, errors_path: Path, encode_remote: Callable | None = None) -> dict[str, Any]:
+    """Write one row per decodable image of `items` ((image_id, path) pairs) to `out_path`.
+    `encode_remote` replaces the local encode loop (features.engine: ray passes Ray's, through
+    pipeline.distributed.ray_features.extract_features_ray: this module knows no engine)."""
+    if cfg.engine != "local" and encode_remote is None:
+        raise ValueError(f"features.engine {cfg.engine!r}: call pipeline.distributed.ray_features."
+                         f"extract_features_ray (the features stage does), or set features.engine: local")
     start = time.perf_counter()
     out_path, errors_path = Path(out_path), Path(errors_path)
     ids = [image_id for image_id, _ in items]
@@ -277,9 +282,8 @@ def extract_features(items: list[tuple[str, Path]], encoder_cfg: EncoderConfig, 
         logger.info("%s: %d images, %d reused, %d to encode, %d unreadable", encoder.name, len(items),
                     sum(len(ids_by_key[k]) for k in reused), len(todo), len(failures))
         encode_start = time.perf_counter()
-        if cfg.engine == "ray" and todo:
-            from pipeline.distributed.ray_features import encode_with_ray
-            n_encoded = encode_with_ray(encoder_cfg, cfg, meta, todo, ids_by_key, writer, failures)
+        if encode_remote is not None and todo:
+            n_encoded = encode_remote(encoder_cfg, cfg, meta, todo, ids_by_key, writer, failures)
         else:
             n_encoded = _encode(runtime, encoder.preprocess, todo, ids_by_key, cfg, device, writer, failures) \
                 if todo else 0

@@ -22,7 +22,11 @@ def main() -> None:
     cfg = load_section(args.params, "features", FeaturesConfig)
     manifest, root = read_manifest(args.manifest)
     items = [(i, safe_join(root, rel)) for i, rel in zip(manifest.image_id, manifest.path)]
-    stats = extract_features(items, encoder_cfg, cfg, args.out, args.errors)
+    if cfg.engine == "ray":  # imported only then: Ray is an optional extra
+        from pipeline.distributed.ray_features import extract_features_ray as extract
+    else:
+        extract = extract_features
+    stats = extract(items, encoder_cfg, cfg, args.out, args.errors)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(stats, indent=2, sort_keys=True, default=str) + "\n")
 

@@ -14,7 +14,7 @@ from dvclive import Live
 
 from pipeline.config import load_section
 from pipeline.data.manifest import read_manifest
-from pipeline.data.vocab import Vocab
+from pipeline.data.vocabularies import load_vocab
 from pipeline.decoders import decoder_class
 from pipeline.distributed import ddp
 from pipeline.encoders import EncoderConfig
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace, cfg: TrainConfig) -> None:
     have = set(table.ids)
     manifest = manifest[manifest.image_id.isin(have)]  # images the encoder could not read are skipped
     rows = {s: manifest[manifest.split == s].reset_index(drop=True) for s in ("train", "val")}
-    vocab = Vocab.load(args.vocab)
+    vocab = load_vocab(args.vocab)
     with Live(str(args.live), save_dvc_exp=False, dvcyaml=None) if ddp.is_main() else nullcontext() as live:
         def log(record: dict) -> None:
             for key, value in record.items():

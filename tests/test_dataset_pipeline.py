@@ -20,7 +20,8 @@ import yaml
 
 from pipeline.data.manifest import read_manifest
 from pipeline.data.scenes import SceneConfig, captions, render, sample_scene
-from pipeline.data.vocab import UNK, Vocab, tokenize
+from pipeline.data.vocab import UNK, tokenize
+from pipeline.data.vocabularies import load_vocab
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "features", "vocab", "train", "evaluate")
@@ -117,7 +118,7 @@ def test_manifest_keeps_the_official_splits(project):
 
 def test_vocabulary_comes_from_train_captions_only(project):
     work, written = project
-    vocab = Vocab.load(work / "data/vocab.json")
+    vocab = load_vocab(work / "data/vocab.json")
     assert TEST_ONLY_WORD not in vocab.stoi and VAL_ONLY_WORD not in vocab.stoi
     train_tokens = {t for w in written.values() if w["split"] == "train" for c in w["captions"] for t in tokenize(c)}
     assert TEST_ONLY_WORD not in train_tokens and VAL_ONLY_WORD not in train_tokens  # the premise

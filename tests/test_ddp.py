@@ -21,7 +21,8 @@ import yaml
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from pipeline.checkpoint import load_checkpoint
-from pipeline.data.vocab import VocabConfig, build_vocab
+from pipeline.data.vocab import VocabConfig
+from pipeline.data.vocabularies import build_vocab
 from pipeline.distributed import ddp
 
 pytestmark = pytest.mark.ddp

@@ -17,7 +17,8 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.data.formats import DataConfig
 from pipeline.data.manifest import build_manifest, safe_join, write_manifest
 from pipeline.data.scenes import SceneConfig, generate_scenes
-from pipeline.data.vocab import VocabConfig, build_vocab
+from pipeline.data.vocab import VocabConfig
+from pipeline.data.vocabularies import build_vocab
 from pipeline.encoders import EncoderConfig, Preprocess, build_encoder
 from pipeline.encoders import registry
 from pipeline.evaluation import metrics

@@ -18,8 +18,10 @@ import torch
 from typer.testing import CliRunner
 
 from pipeline.checkpoint import load_checkpoint
-from pipeline.data.multilingual import LanguageError, banned_ids, build_caption_vocab, score_tokens, start_id
-from pipeline.data.vocab import Vocab, VocabConfig, build_vocab, from_payload
+from pipeline.data.multilingual import LanguageError, banned_ids, build_caption_vocab, start_id
+from pipeline.data.tokenizers import score_tokens
+from pipeline.data.vocab import Vocab, VocabConfig
+from pipeline.data.vocabularies import build_vocab, from_payload, load_vocab
 from pipeline.decoders import DecoderConfig, ShowTell
 from pipeline.decoders.search import decode
 from pipeline.encoders import EncoderConfig, build_encoder
@@ -117,7 +119,7 @@ def test_vocabulary_gets_a_token_per_language_and_records_them(tmp_path):
     assert {"<2en>", "<2de>"} <= set(vocab.stoi) and vocab.language_id("de") == vocab.stoi["<2de>"]
     assert set(banned_ids(vocab)) >= {vocab.stoi["<2en>"], vocab.stoi["<2de>"], vocab.start_id, vocab.unk_id}
     vocab.save(tmp_path / "vocab.json")
-    for loaded in (Vocab.load(tmp_path / "vocab.json"), from_payload(vocab.payload())):
+    for loaded in (load_vocab(tmp_path / "vocab.json"), from_payload(vocab.payload())):
         assert loaded.languages == ["en", "de"] and loaded.itos == vocab.itos
     subword = build_caption_vocab(*captions_of(rows), VocabConfig(kind="sentencepiece", size=30))
     assert subword.languages == ["en", "de"] and from_payload(subword.payload()).languages == ["en", "de"]
@@ -163,7 +165,7 @@ def test_vocab_stage_adds_the_languages_or_refuses_the_word_kind(tmp_path):
     assert vocab_stage("sentencepiece").returncode == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["languages"] == ["en", "ja"] and set(report["tokens_per_caption_by_language"]) == {"en", "ja"}
-    assert Vocab.load(tmp_path / "vocab.json").languages == ["en", "ja"]
+    assert load_vocab(tmp_path / "vocab.json").languages == ["en", "ja"]
 
 
 def test_each_language_token_decodes_captions_in_its_language(trilingual):

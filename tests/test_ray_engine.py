@@ -18,6 +18,7 @@ from pipeline.distributed import storage
 from pipeline.distributed.ray_cluster import (Plan, RayOptions, RayPlanError, RayUnavailableError, plan_actors,
                                               require_ray)
 from pipeline.distributed.ray_engine import caption_directory_ray
+from pipeline.distributed.ray_features import extract_features_ray
 from pipeline.encoders import EncoderConfig
 from pipeline.features import FeaturesConfig, extract_features
 from pipeline.inference.batch import CaptionConfig, caption_directory, list_images
@@ -163,8 +164,10 @@ def test_features_stage_on_ray_writes_the_local_file(ray_cluster, tmp_path):
     encoder = EncoderConfig("efficientnet_lite0", "none")
     cfg = dict(batch_size=2, num_workers=0, device="cpu", spatial="s16", threads=1)
     local = extract_features(items, encoder, FeaturesConfig(**cfg), tmp_path / "local.parquet", tmp_path / "le.json")
-    ray = extract_features(items, encoder, FeaturesConfig(**cfg, engine="ray"), tmp_path / "ray.parquet",
-                           tmp_path / "re.json")
+    with pytest.raises(ValueError, match="extract_features_ray"):  # the library knows no engine itself
+        extract_features(items, encoder, FeaturesConfig(**cfg, engine="ray"), tmp_path / "x.parquet", tmp_path / "x")
+    ray = extract_features_ray(items, encoder, FeaturesConfig(**cfg, engine="ray"), tmp_path / "ray.parquet",
+                               tmp_path / "re.json")
     assert pq.read_table(tmp_path / "ray.parquet").equals(pq.read_table(tmp_path / "local.parquet"))
     assert pq.read_schema(tmp_path / "ray.parquet").metadata == pq.read_schema(tmp_path / "local.parquet").metadata
     assert json.loads((tmp_path / "re.json").read_text()) == json.loads((tmp_path / "le.json").read_text())

@@ -12,7 +12,8 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.config import build
 from pipeline.data.manifest import write_manifest
 from pipeline.data.subword import SubwordVocab
-from pipeline.data.vocab import SPECIALS, Vocab, VocabConfig, build_vocab, from_payload, normalise, unk_rate
+from pipeline.data.vocab import SPECIALS, Vocab, VocabConfig, normalise, unk_rate
+from pipeline.data.vocabularies import build_vocab, from_payload, load_vocab
 from pipeline.decoders import decoder_from_spec
 from pipeline.decoders.search import decode
 from pipeline.training.scst import CiderD, reference_tokens, sample_rewards
@@ -72,7 +73,7 @@ def test_only_train_captions_shape_the_pieces(tmp_path, monkeypatch):
     first, report = run("starboard")
     again, _ = run("redstone")
     assert first == again
-    vocab = Vocab.load(tmp_path / "v.json")
+    vocab = load_vocab(tmp_path / "v.json")
     assert isinstance(vocab, SubwordVocab) and "▁starboard" not in vocab.stoi and "▁red" in vocab.stoi
     assert vocab.decode(vocab.encode("a starboard circle")) == "a starboard circle"  # spelled from train pieces
     assert report["kind"] == "sentencepiece" and report["size"] == 60 == len(vocab)

@@ -3,7 +3,8 @@ import pandas as pd
 import torch
 
 from pipeline.checkpoint import load_checkpoint
-from pipeline.data.vocab import Vocab, VocabConfig, build_vocab
+from pipeline.data.vocab import Vocab, VocabConfig
+from pipeline.data.vocabularies import build_vocab
 from pipeline.decoders import DecoderConfig, ShowTell
 from pipeline.decoders.search import decode
 from pipeline.training.train import TrainConfig, caption_pairs, train

@@ -1,6 +1,7 @@
 import pytest
 
-from pipeline.data.vocab import SPECIALS, Vocab, VocabConfig, build_vocab, tokenize, unk_rate
+from pipeline.data.vocab import SPECIALS, Vocab, VocabConfig, tokenize, unk_rate
+from pipeline.data.vocabularies import build_vocab, load_vocab
 from pipeline.evaluation.metrics import ptb_like_tokenize
 
 
@@ -31,7 +32,7 @@ def test_unk_rate_and_save_load(tmp_path):
     vocab = build_vocab(["a red circle", "a red square"], VocabConfig(min_freq=2))
     assert unk_rate(vocab, ["a red star"]) == pytest.approx(1 / 3)
     vocab.save(tmp_path / "v.json")
-    assert Vocab.load(tmp_path / "v.json").itos == vocab.itos
+    assert load_vocab(tmp_path / "v.json").itos == vocab.itos
 
 
 def test_min_freq_too_high_is_a_clear_error():

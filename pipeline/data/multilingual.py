@@ -10,58 +10,22 @@ what they were before languages existed.
 
 The caption metrics' PTB tokenizer is English's. Text is split for scoring (the evaluation
 metrics, the validation score, SCST's CIDEr-D reward) in a way that fits its language:
-`score_tokens` (the tokenizer of each language is named in TOKENIZERS and reports/eval_info.json).
+pipeline.data.tokenizers.score_tokens (each language's tokenizer is named in reports/eval_info.json).
 """
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 import pandas as pd
 
-from pipeline.data.vocab import Vocab, VocabConfig, build_vocab, from_payload, language_token, one_line, ptb_tokens
-
-ENGLISH = "en"  # the first language of a model that has it: what a caller gets by default
-# Written without spaces between words: scored per character; the word vocabulary cannot hold them.
-CHARACTER_LANGUAGES = frozenset({"ja", "zh"})
-TOKENIZERS = {
-    "ptb": "PTB tokens (English): pycocoevalcap's PTBTokenizer with the coco backend, its Python stand-in otherwise",
-    "words": "Unicode words: NFC, lower case, runs of letters and digits, punctuation dropped",
-    "characters": "characters: one token per character (runs of ASCII letters and digits kept whole), "
-                  "spaces and punctuation dropped",
-}
-_WORDS = re.compile(r"\w+|[^\w\s]")
-_CHARACTERS = re.compile(r"[a-z0-9]+|\S")
+from pipeline.data.tokenizers import CHARACTER_LANGUAGES, ENGLISH, base_language
+from pipeline.data.vocab import Vocab, VocabConfig, language_token
+from pipeline.data.vocabularies import build_vocab, from_payload
 
 
 class LanguageError(ValueError):
     """A language the model cannot caption in (unknown code, or not among its train languages)."""
-
-
-def base_language(code: str) -> str:
-    """'zh-tw' -> 'zh': the language, without its region or script."""
-    return code.split("-")[0]
-
-
-def scoring_tokenizer(code: str) -> str:
-    """The TOKENIZERS key that splits text in language `code` for scoring."""
-    if base_language(code) == ENGLISH:
-        return "ptb"
-    return "characters" if base_language(code) in CHARACTER_LANGUAGES else "words"
-
-
-def score_tokens(text: str, code: str) -> list[str]:
-    """The tokens the metrics compare for a caption in language `code`: PTB tokens for English
-    (pipeline.data.vocab.ptb_tokens, as the English-only pipeline always did), lower-cased
-    Unicode words for other languages written with spaces, characters for Japanese and Chinese."""
-    kind = scoring_tokenizer(code)
-    if kind == "ptb":
-        return ptb_tokens(text)
-    text = unicodedata.normalize("NFC", one_line(text)).lower()
-    pieces = (_WORDS if kind == "words" else _CHARACTERS).findall(text)
-    return [p for p in pieces if not all(unicodedata.category(c).startswith("P") for c in p)]
 
 
 def ordered_languages(codes: Iterable[str]) -> list[str]:

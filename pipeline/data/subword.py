@@ -20,7 +20,7 @@ from typing import Hashable, Iterable
 
 import sentencepiece as spm
 
-from pipeline.data.multilingual import score_tokens
+from pipeline.data.tokenizers import score_tokens
 from pipeline.data.vocab import END, PAD, SPECIALS, START, UNK, Vocab, VocabConfig, normalise, readable, tokenize
 
 logger = logging.getLogger(__name__)

@@ -238,34 +238,10 @@ class Vocab:
         languages = {"languages": self.languages} if self.languages else {}  # one language: as before languages
         Path(path).write_text(json.dumps({"itos": self.itos, **languages}, indent=0) + "\n")
 
-    @staticmethod
-    def load(path: str | Path) -> "Vocab":
-        """Either kind, as its save() wrote it."""
-        return from_payload(json.loads(Path(path).read_text()))
 
 
-def from_payload(payload: list | dict) -> Vocab:
-    """The vocabulary of a checkpoint's `vocab` (Vocab.payload) or of a saved vocab file."""
-    languages = (payload.get("languages") or []) if isinstance(payload, dict) else []
-    if isinstance(payload, dict) and "itos" in payload:  # the word kind's file (and multilingual payload)
-        payload = payload["itos"]
-    if isinstance(payload, list):  # the word kind, and every checkpoint from before the kinds
-        vocab = Vocab.from_list(payload)
-        return vocab.with_languages(languages) if languages else vocab
-    if isinstance(payload, dict) and payload.get("kind") == "sentencepiece":
-        from pipeline.data.subword import SubwordVocab  # imported here: subword builds on this module
-        vocab = SubwordVocab.from_payload(payload)
-        return vocab.with_languages(languages) if languages else vocab
-    kind = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
-    raise ValueError(f"not a vocabulary of a known kind ({kind!r}; known: {', '.join(KINDS)}): "
-                     "rebuild it with `dvc repro vocab`")
-
-
-def build_vocab(train_captions: Iterable[str], cfg: VocabConfig) -> Vocab:
-    """The vocabulary of kind cfg.kind, from the TRAIN captions only."""
-    if cfg.kind == "sentencepiece":
-        from pipeline.data.subword import train_sentencepiece
-        return train_sentencepiece(train_captions, cfg)
+def build_word_vocab(train_captions: Iterable[str], cfg: VocabConfig) -> Vocab:
+    """The word vocabulary from the TRAIN captions only (every kind: pipeline.data.vocabularies)."""
     counts = Counter(t for c in train_captions for t in tokenize(c))
     # Sort by frequency, then alphabetically, so the same captions always give the same ids.
     ranked = sorted((w for w, n in counts.items() if n >= cfg.min_freq and w not in cfg.special_tokens),

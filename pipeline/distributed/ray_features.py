@@ -28,7 +28,7 @@ from pipeline.data.images import ImageDataset
 from pipeline.distributed.ray_cluster import (Failure, RayOptions, each_or_error, plan_actors, ray_session,
                                               read_task_memory, require_ray)
 from pipeline.encoders import EncoderConfig, Preprocess
-from pipeline.features import FeaturesConfig, _RowWriter, build_features_encoder, store_batch
+from pipeline.features import FeaturesConfig, _RowWriter, build_features_encoder, extract_features, store_batch
 
 logger = logging.getLogger(__name__)
 
@@ -116,3 +116,8 @@ def encode_with_ray(encoder_cfg: EncoderConfig, cfg: FeaturesConfig, meta: dict[
     logger.info("features (ray): %d images encoded in %.1fs (Ray start %.1fs; %d actor(s) on %s, %d threads)",
                 n_done, time.perf_counter() - started, init_seconds, plan.actors, plan.device, plan.threads)
     return n_done
+
+
+def extract_features_ray(items: list, encoder_cfg: EncoderConfig, cfg: FeaturesConfig, out_path, errors_path) -> dict:
+    """extract_features with the encode loop on Ray (features.engine: ray): same file, same reuse."""
+    return extract_features(items, encoder_cfg, cfg, out_path, errors_path, encode_remote=encode_with_ray)

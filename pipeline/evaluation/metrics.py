@@ -10,7 +10,7 @@ Every figure is a 0-1 fraction exactly as pycocoevalcap returns it (CIDEr-D on i
 scale, ~0-10); papers print these x100. SPICE is never computed (see SPICE_SKIP_REASON).
 
 The PTB tokenizer and METEOR 1.5 are English's. Captions in another language are split by that
-language's tokenizer (pipeline.data.multilingual.score_tokens: Unicode words, or characters for
+language's tokenizer (pipeline.data.tokenizers.score_tokens: Unicode words, or characters for
 Japanese and Chinese) and scored by the same Python BLEU / ROUGE-L / CIDEr-D, without METEOR.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.data.multilingual import ENGLISH, TOKENIZERS, score_tokens, scoring_tokenizer
+from pipeline.data.tokenizers import ENGLISH, TOKENIZERS, score_tokens, scoring_tokenizer
 from pipeline.data.vocab import one_line, ptb_tokens
 from pipeline.evaluation.wordnet import WORDNET_APT_PACKAGES, load_wordnet
 

@@ -23,7 +23,7 @@ import torch
 from pipeline.checkpoint import load_checkpoint
 from pipeline.data.images import ImageLoadError, load_image_tensor, make_loader
 from pipeline.data.multilingual import LanguageError, banned_ids, model_languages, resolve_language, start_id
-from pipeline.data.vocab import from_payload
+from pipeline.data.vocabularies import from_payload
 from pipeline.decoders import decoder_from_spec
 from pipeline.decoders.search import Decoded, decode
 from pipeline.encoders import EncoderConfig, Preprocess, build_encoder

@@ -5,7 +5,7 @@ language's captions only, the text split as evaluation splits it; the score is t
 the languages, so no language is given up for the others."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -16,12 +16,18 @@ from pipeline.decoders.search import decode
 from pipeline.distributed.ddp import broadcast, is_main
 from pipeline.evaluation.metrics import quick_score
 
-if TYPE_CHECKING:  # train imports this module
-    from pipeline.training.train import FeatureSource, TrainConfig
+
+class ScoringSettings(Protocol):  # what validation reads of TrainConfig (train imports this module)
+    max_len: int
+    val_metric: str
+
+
+class ValidationImages(Protocol):  # what validation reads of train's FeatureSource
+    def val_features(self, n: int, device: torch.device) -> tuple[torch.Tensor, list[int]]: ...
 
 
 def validation_score(decoder: torch.nn.Module, features: torch.Tensor, references: list[list[str]],
-                     vocab: Vocab, cfg: TrainConfig, batch_size: int = 512, language: str | None = None) -> float:
+                     vocab: Vocab, cfg: ScoringSettings, batch_size: int = 512, language: str | None = None) -> float:
     """Greedy captions in `language` (None: a model of one language) scored against `references`."""
     hyps = {}
     first = start_id(vocab, language) if language else vocab.start_id
@@ -34,8 +40,8 @@ def validation_score(decoder: torch.nn.Module, features: torch.Tensor, reference
     return quick_score(refs, hyps, metric=cfg.val_metric, language=language or ENGLISH)
 
 
-def validate(decoder: nn.Module, source: FeatureSource, n_val: int, val_refs: dict[str, list[list[str]]],
-             vocab: Vocab, cfg: TrainConfig, device: torch.device) -> float:
+def validate(decoder: nn.Module, source: ValidationImages, n_val: int, val_refs: dict[str, list[list[str]]],
+             vocab: Vocab, cfg: ScoringSettings, device: torch.device) -> float:
     """The validation score, computed on rank 0 and broadcast: every rank then takes the same
     keep/stop decision from the same number. With several languages, the mean over them of each
     language's score on the images that have captions in it."""
