@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.data.images import ImageLoadError, check_file, make_loader
+from pipeline.data.images import ImageLoadError, check_file, make_loader, read_ahead
 from pipeline.encoders import Encoder, EncoderConfig, build_encoder
 from pipeline.encoders.feature_maps import SPATIAL_LEVELS, SpatialEncoder
 from pipeline.encoders.runtimes import (ExportedRuntime, TorchRuntime, build_runtime, check_runtime_name,
@@ -196,8 +196,10 @@ def _encode(encoder: TorchRuntime | ExportedRuntime, preprocess, todo: list[tupl
     loader = make_loader([p for _, p in todo], preprocess, cfg.batch_size, cfg.num_workers,
                          pin_memory=device.type == "cuda")
     n_done, start, last_log = 0, time.perf_counter(), time.perf_counter()
+    # Without worker processes, the next batch is decoded in a thread while this one is encoded.
+    batches = read_ahead(loader) if cfg.num_workers == 0 else loader
     with torch.inference_mode():
-        for batch in loader:
+        for batch in batches:
             pooled, grid = encoder(batch.images) if batch.images is not None else (None, None)
             store_batch(todo, ids_by_key, writer, failures, batch.failures, batch.indices,
                         None if pooled is None else pooled.half().cpu().numpy(),

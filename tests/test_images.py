@@ -1,10 +1,12 @@
+import threading
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from pipeline.data import images
-from pipeline.data.images import ImageLoadError, collate_images, load_image_tensor, load_rgb, make_loader
+from pipeline.data.images import ImageLoadError, collate_images, load_image_tensor, load_rgb, make_loader, read_ahead
 from pipeline.encoders import Preprocess
 
 PRE = Preprocess(size=32, resize=36, mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -137,3 +139,23 @@ def test_loader_passes_failures_through_and_keeps_order(tmp_path, num_workers):
 def test_collate_of_only_failures_has_no_tensor():
     batch = collate_images([(0, None, "empty file", None), (1, None, "no such file", None)])
     assert batch.images is None and batch.indices == [] and batch.failures == [(0, "empty file"), (1, "no such file")]
+
+
+def test_read_ahead_keeps_order_runs_one_item_ahead_and_passes_errors_on():
+    threads, started = set(), []
+
+    def work(i):
+        threads.add(threading.current_thread().name)
+        started.append(i)
+        if i == 5:
+            raise RuntimeError("item 5 failed")
+        return i * i
+
+    got = []
+    with pytest.raises(RuntimeError, match="item 5 failed"):
+        for value in read_ahead(range(10), work):
+            got.append(value)
+            assert len(started) <= len(got) + 1  # never more than one item ahead of the caller
+    assert got == [0, 1, 4, 9, 16]
+    assert threads == {"read-ahead_0"}  # the work ran beside the caller, not in it
+    assert list(read_ahead(iter(["a", "b"]))) == ["a", "b"] and list(read_ahead([])) == []

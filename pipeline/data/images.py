@@ -4,9 +4,10 @@ bad file, but passes it through as a failure."""
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -155,3 +156,25 @@ def make_loader(paths: Sequence[Path], preprocess: Callable[[Image.Image], torch
                       num_workers=num_workers, collate_fn=collate_images,
                       pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
                       persistent_workers=False)
+
+
+T = TypeVar("T")
+_DONE = object()
+
+
+def read_ahead(items: Iterable, work: Callable[..., T] = lambda item: item) -> Iterator[T]:
+    """work(item) for each item, in order, the next one computed in a second thread while the
+    caller handles this one: decoding images (PIL), the exported encoders and torch all release
+    the GIL, so on a CPU the two overlap without worker processes. At most one item is ahead:
+    memory stays flat, and a caller that stops early waits for that one only."""
+    source = iter(items)
+
+    def next_done():
+        item = next(source, _DONE)
+        return _DONE if item is _DONE else work(item)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as pool:
+        ahead = pool.submit(next_done)
+        while (result := ahead.result()) is not _DONE:
+            ahead = pool.submit(next_done)
+            yield result

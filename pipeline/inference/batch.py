@@ -21,7 +21,6 @@ import logging
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -29,7 +28,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.data.images import ImageBatch, ImageDataset, collate_images
+from pipeline.data.images import ImageBatch, ImageDataset, collate_images, read_ahead
 from pipeline.encoders.runtimes import check_runtime_name, default_threads, default_workers
 from pipeline.hashing import file_sha256
 from pipeline.inference.caption_store import (CaptionUsageError, Key, PartWriter, Previous, lock_parts_dir, merge_rows,
@@ -279,26 +278,13 @@ def caption_directory(images_dir: str | Path, out_path: str | Path, checkpoint_p
 
 def _encoded_batches(loader: DataLoader, captioner: Captioner, overlap: bool) -> Iterator[tuple[_Batch, torch.Tensor | None]]:
     """(batch, its features) in order. With overlap, the next batch is read and encoded in a
-    second thread while the caller decodes this one; at most one batch is ahead, so memory
-    stays flat and an interruption loses no finished row (the caller writes as it goes)."""
-    batches = iter(loader)
-
-    def read_and_encode() -> tuple[_Batch, torch.Tensor | None] | None:
-        batch = next(batches, None)
-        if batch is None:
-            return None
+    second thread while the caller decodes this one (read_ahead: one batch ahead at most, so
+    memory stays flat and an interruption loses no finished row: the caller writes as it goes)."""
+    def read_and_encode(batch: _Batch) -> tuple[_Batch, torch.Tensor | None]:
         images = batch.images.images
         return batch, (captioner.encode(images) if images is not None else None)
 
-    if not overlap:
-        while (item := read_and_encode()) is not None:
-            yield item
-        return
-    with ThreadPoolExecutor(1, thread_name_prefix="encode") as pool:
-        ahead = pool.submit(read_and_encode)
-        while (item := ahead.result()) is not None:
-            ahead = pool.submit(read_and_encode)
-            yield item
+    return read_ahead(loader, read_and_encode) if overlap else map(read_and_encode, loader)
 
 
 def _caption_files(files: list[ImageFile], captioner: Captioner, identity: tuple[str, str], cfg: CaptionConfig,
