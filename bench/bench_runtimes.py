@@ -2,9 +2,11 @@
 
   1. encoder only, per runtime: forward passes over preprocessed tensors already in memory;
   2. the features stage (extract_features from the files, workers decoding), per runtime, and
-     for the default runtime every combination of decoding workers and encoder threads;
-  3. caption-batch end to end with the default runtime (and with torch), its ratio to the
-     encoder-only figure of the runtime it uses, and the seeds' per-image loop;
+     for the default runtime every combination of decoding workers and encoder threads, and
+     the default without reading the next batch ahead in a thread;
+  3. caption-batch end to end with the default runtime (and with torch; and without overlapping
+     the next batch's encoding with beam search), its ratio to the encoder-only figure of the
+     runtime it uses, and the seeds' per-image loop;
   4. how far each runtime's features are from torch's (max abs) and how many captions differ.
 
     .venv/bin/python bench/bench_runtimes.py                          # 640 scenes of data/scenes
@@ -22,13 +24,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pipeline.features as features_module  # noqa: E402
 from bench.bench_caption import make_bench_checkpoint, make_photos, naive_loop, print_figures  # noqa: E402
+from pipeline.config import load_section  # noqa: E402
 from pipeline.data.images import load_image_tensor  # noqa: E402
 from pipeline.encoders import EncoderConfig  # noqa: E402
 from pipeline.encoders.runtimes import EXPORTED, installed  # noqa: E402
@@ -45,9 +50,12 @@ def encoder_only(captioner: Captioner, tensors: torch.Tensor, batch_size: int) -
     return len(tensors) / (time.perf_counter() - start)
 
 
+SPATIAL = load_section("params.yaml", "features", FeaturesConfig).spatial  # the default map the stage stores
+
+
 def features_stage(items, runtime: str, workers: int, threads: int, batch_size: int, out: Path) -> dict:
     cfg = FeaturesConfig(batch_size=batch_size, num_workers=workers, threads=threads, device="cpu",
-                         spatial="s16+s32", runtime=runtime)
+                         spatial=SPATIAL, runtime=runtime)
     if out.exists():
         out.unlink()
     stats = extract_features(items, EncoderConfig(), cfg, out, out.with_suffix(".errors.json"))
@@ -117,6 +125,11 @@ def main() -> None:
                 workers, threads = (int(x) for x in combo.split(":"))
                 stats = features_stage(items, runtime, workers, threads, args.batch_size, tmp / "combo.parquet")
                 figures[f"features_{runtime}_w{workers}_t{threads}"] = stats["img_s"]
+        # The same default, the next batch not read ahead in a thread (what the stage did before)
+        with patch.object(features_module, "read_ahead", lambda loader: loader):
+            stats = features_stage(items, "auto", default.num_workers, default.threads, args.batch_size,
+                                   tmp / "no_read_ahead.parquet")
+        figures["features_auto_no_read_ahead"] = stats["img_s"]
         tables = {r: load_features(tmp / f"features_{r}.parquet", grid=True) for r in runtimes}
         ids = list(tables["torch"].ids)
         for runtime in runtimes[1:]:
@@ -141,6 +154,10 @@ def main() -> None:
                                     runtime=runtime)
                 summary = caption_directory(images, tmp / f"combo_{runtime}_{workers}_{threads}.parquet", model, cfg)
                 figures[f"caption_batch_{runtime}_w{workers}_t{threads}"] = summary["images_per_second"]
+        # Encoding of the next batch not overlapped with beam search (caption.overlap: false)
+        cfg = CaptionConfig(batch_size=args.batch_size, device="cpu", runtime="auto", overlap=False)
+        summary = caption_directory(images, tmp / "no_overlap.parquet", model, cfg)
+        figures["caption_batch_auto_no_overlap"] = summary["images_per_second"]
         same = sum(captions["auto"][k] == captions["torch"].get(k) for k in captions["auto"])
         figures["captions_identical_auto_vs_torch"] = f"{same}/{len(captions['auto'])}"
         used = figures["caption_batch_auto_uses"]
