@@ -10,8 +10,9 @@ from torch import nn
 from pipeline.data.vocab import Vocab
 from pipeline.decoders import DECODERS, DecoderConfig, build_decoder
 from pipeline.evaluation import metrics
-from pipeline.training.scst import (CiderD, greedy_reward, leave_one_out_baseline, reference_tokens, sample,
-                                    sample_rewards, sequence_log_probs, scst_epoch, scst_loss)
+from pipeline.training.cider_d import CiderD, reference_tokens
+from pipeline.training.scst import (greedy_reward, leave_one_out_baseline, sample, sample_rewards, sequence_log_probs,
+                                    scst_epoch, scst_loss)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -16,7 +16,8 @@ from pipeline.data.vocab import SPECIALS, Vocab, VocabConfig, normalise, unk_rat
 from pipeline.data.vocabularies import build_vocab, from_payload, load_vocab
 from pipeline.decoders import decoder_from_spec
 from pipeline.decoders.search import decode
-from pipeline.training.scst import CiderD, reference_tokens, sample_rewards
+from pipeline.training.cider_d import CiderD, reference_tokens
+from pipeline.training.scst import sample_rewards
 from pipeline.training.train import TrainConfig, train
 from test_train import spatial
 

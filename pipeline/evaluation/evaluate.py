@@ -46,11 +46,11 @@ class EvaluateConfig:
     image_batch_size: int = 32  # images per encoder forward when the cache cannot be used
     num_workers: int = 2  # image-decoding processes, same condition
     runtime: str = "auto"  # encoder runtime when images are encoded (pipeline/encoders/runtimes.py)
+    backend: str = "auto"  # coco (pycocoevalcap + Java) | python | auto
+    sheet_images: int = 12
 
     def __post_init__(self) -> None:
         check_runtime_name(self.runtime, "evaluate.runtime")
-    backend: str = "auto"  # coco (pycocoevalcap + Java) | python | auto
-    sheet_images: int = 12
 
 
 def generate(captioner: Captioner, features: torch.Tensor, beam_size: int, batch_size: int,

@@ -14,7 +14,7 @@ import torch
 
 from pipeline.data.multilingual import ENGLISH, caption_languages, captions_in, ordered_languages, start_id
 from pipeline.data.vocab import Vocab
-from pipeline.training.scst import CiderD, reference_tokens
+from pipeline.training.cider_d import CiderD, reference_tokens
 
 
 def trained_languages(train_rows: pd.DataFrame, vocab: Vocab) -> list[str]:
