@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.encoders import Preprocess  # noqa: E402
-from pipeline.features import load_features  # noqa: E402
+from pipeline.feature_table import load_features  # noqa: E402
 
 
 def cell_of(x: float, y: float, image_side: int, pre: Preprocess, grid_side: int) -> tuple[int, int]:

@@ -29,12 +29,12 @@ from pipeline.encoders import Encoder, EncoderConfig, build_encoder
 from pipeline.encoders.feature_maps import SPATIAL_LEVELS, SpatialEncoder
 from pipeline.encoders.runtimes import (ExportedRuntime, TorchRuntime, build_runtime, check_runtime_name,
                                         default_threads, default_workers)
+from pipeline.feature_table import META_KEY, fixed_list_to_numpy, read_meta
 from pipeline.hashing import file_sha256
 from pipeline.runtime import PRECISIONS, autocast_dtype, precision_name, resolve_device
 
 logger = logging.getLogger(__name__)
 
-META_KEY = b"pipeline.features"  # Parquet schema metadata: JSON describing the encoder
 _CHUNK_BYTES = 64 << 20  # rows buffered before a row group is written: bounds memory with grid on
 # Bump when the code that turns pixels into stored vectors changes (pooling, rounding, taps):
 # it is part of every row's key, so old caches are re-encoded instead of silently reused.
@@ -137,14 +137,6 @@ class _RowWriter:
         self.writer.close()
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
-    metadata = pq.read_schema(path).metadata or {}
-    if META_KEY not in metadata:
-        raise ValueError(f"{path} is not a features file written by extract_features (no {META_KEY.decode()} "
-                         f"metadata): delete it and rerun the features stage")
-    return json.loads(metadata[META_KEY])
-
-
 def _copy_reused(old: Path, ids_by_key: dict[str, list[str]], writer: _RowWriter) -> set[str]:
     """Stream rows of the previous output whose key is still wanted; returns the keys copied."""
     done: set[str] = set()
@@ -159,19 +151,13 @@ def _copy_reused(old: Path, ids_by_key: dict[str, list[str]], writer: _RowWriter
         if not rows:
             continue
         take = pa.array(rows)
-        feats = _fixed_list_to_numpy(batch.column("feature").take(take))
-        grid = _fixed_list_to_numpy(batch.column("grid").take(take)) if writer.grid_size else None
+        feats = fixed_list_to_numpy(batch.column("feature").take(take))
+        grid = fixed_list_to_numpy(batch.column("grid").take(take)) if writer.grid_size else None
         repeat = [len(ids_by_key[keys[i]]) for i in rows]  # one image content, several ids
         writer.add([image_id for i in rows for image_id in ids_by_key[keys[i]]],
                    [keys[i] for i, n in zip(rows, repeat) for _ in range(n)],
                    np.repeat(feats, repeat, axis=0), None if grid is None else np.repeat(grid, repeat, axis=0))
     return done
-
-
-def _fixed_list_to_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
 
 
 def store_batch(todo: list[tuple[str, Path]], ids_by_key: dict[str, list[str]], writer: _RowWriter,
@@ -266,7 +252,7 @@ def extract_features(items: list[tuple[str, Path]], encoder_cfg: EncoderConfig, 
     old = None
     if out_path.is_file():
         try:
-            old = _read_meta(out_path)
+            old = read_meta(out_path)
         except (ValueError, OSError, pa.ArrowException) as err:  # not ours or damaged: just rebuild it
             logger.warning("cannot reuse %s (%s): re-encoding everything", out_path, err)
     reusable = old is not None and old.get("features_id") == features_id
@@ -317,39 +303,3 @@ def _write_errors(path: Path, failures: list[dict]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(failures, indent=1) + "\n")
     os.replace(tmp, path)
-
-
-@dataclass
-class FeatureTable:
-    ids: list[str]
-    features: np.ndarray  # (N, D) float32
-    meta: dict[str, Any]  # encoder identity, feature_dim, grid_shape, spatial, precision, features_id
-    grid: np.ndarray | None = None  # (N, C, h, w) float16 spatial maps, only when loaded with grid=True
-    _row: dict[str, int] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._row = {image_id: i for i, image_id in enumerate(self.ids)}
-
-    def lookup(self, ids: list[str], spatial: bool = False) -> np.ndarray:
-        """Pooled features (N, D) float32, or with spatial=True the maps (N, C, h, w) float16."""
-        missing = [i for i in ids if i not in self._row]
-        if missing:
-            raise KeyError(f"{len(missing)} image id(s) have no features, e.g. {missing[:5]}: rerun the "
-                           f"features stage on this manifest (unreadable images are listed in its errors file)")
-        if spatial and self.grid is None:
-            raise ValueError("spatial features were not loaded: load_features(path, grid=True)")
-        return (self.grid if spatial else self.features)[[self._row[i] for i in ids]]
-
-
-def load_features(path: Path, grid: bool = False) -> FeatureTable:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no features file at {path}: run the features stage first")
-    meta = _read_meta(path)
-    if grid and not meta.get("grid_shape"):
-        raise ValueError(f"{path} has no spatial features, which this decoder needs: set features.spatial "
-                         f"(e.g. s16+s32) and rerun the features stage (dvc repro features)")
-    table = pq.read_table(path, columns=["image_id", "feature"] + (["grid"] if grid else []))
-    features = _fixed_list_to_numpy(table.column("feature")).astype(np.float32)
-    grids = _fixed_list_to_numpy(table.column("grid")).reshape(-1, *meta["grid_shape"]) if grid else None
-    return FeatureTable(table.column("image_id").to_pylist(), features, meta, grids)

@@ -7,7 +7,7 @@ from pipeline.config import load_section
 from pipeline.data.manifest import read_manifest
 from pipeline.evaluation.evaluate import EvaluateConfig, evaluate, sheet_items, write_json
 from pipeline.evaluation.report import caption_sheet
-from pipeline.features import load_features
+from pipeline.feature_table import load_features
 from pipeline.inference.captioner import Captioner
 from stages.common import parser, stage_main
 

@@ -18,7 +18,7 @@ from pipeline.data.vocabularies import load_vocab
 from pipeline.decoders import decoder_class
 from pipeline.distributed import ddp
 from pipeline.encoders import EncoderConfig
-from pipeline.features import load_features
+from pipeline.feature_table import load_features
 from pipeline.runtime import resolve_device
 from pipeline.training.finetune import finetune
 from pipeline.training.train import TrainConfig, train

@@ -237,7 +237,8 @@ def test_spatial_decoder_captions_images_as_from_the_features_cache(tmp_path, de
     """A spatial decoder's checkpoint rebuilds the same spatial level the features stage stored:
     captions from image files equal captions from the cached maps, and no <unk> is emitted."""
     from pipeline.decoders import DecoderConfig as Config, build_decoder
-    from pipeline.features import FeaturesConfig, extract_features, load_features
+    from pipeline.feature_table import load_features
+    from pipeline.features import FeaturesConfig, extract_features
     images = [make_image(tmp_path / f"{i}.png", seed=i) for i in range(3)]
     extract_features([(p.stem, p) for p in images], EncoderConfig("efficientnet_lite0", "none"),
                      FeaturesConfig(batch_size=3, num_workers=0, device="cpu", spatial="s16+s32"),

@@ -16,7 +16,7 @@ from pipeline.data.manifest import build_manifest, read_manifest, write_manifest
 from pipeline.data.scenes import SceneConfig, generate_scenes
 from pipeline.evaluation import summary
 from pipeline.evaluation.evaluate import EvaluateConfig, evaluate, sheet_items, write_json
-from pipeline.features import FeatureTable
+from pipeline.feature_table import FeatureTable
 
 ROW = [{"colour": "red", "shape": "circle", "size": "small", "x": 30, "y": 80},
        {"colour": "blue", "shape": "square", "size": "large", "x": 120, "y": 84}]

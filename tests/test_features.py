@@ -7,7 +7,8 @@ from PIL import Image
 
 from pipeline.encoders import Encoder, EncoderConfig, Preprocess
 from pipeline.encoders import runtimes
-from pipeline.features import FeaturesConfig, extract_features, load_features
+from pipeline.feature_table import load_features
+from pipeline.features import FeaturesConfig, extract_features
 
 LITE = EncoderConfig("efficientnet_lite0", "none")  # random init, seeded: fast and deterministic
 # torch runtime: the cache tests count the images that go through the torch network.

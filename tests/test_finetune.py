@@ -22,7 +22,8 @@ from pipeline.data.vocabularies import build_vocab
 from pipeline.encoders import EncoderConfig, Preprocess, build_encoder
 from pipeline.encoders import registry
 from pipeline.evaluation import metrics
-from pipeline.features import FeaturesConfig, extract_features, load_features
+from pipeline.feature_table import load_features
+from pipeline.features import FeaturesConfig, extract_features
 from pipeline.inference.captioner import Captioner
 from pipeline.training.finetune import round_like_cache
 

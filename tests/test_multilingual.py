@@ -27,7 +27,7 @@ from pipeline.decoders.search import decode
 from pipeline.encoders import EncoderConfig, build_encoder
 from pipeline.evaluation import summary
 from pipeline.evaluation.evaluate import EvaluateConfig, evaluate
-from pipeline.features import FeatureTable
+from pipeline.feature_table import FeatureTable
 from pipeline.inference.batch import CaptionConfig, caption_directory
 from pipeline.inference.captioner import Captioner
 from pipeline.inference.cli import EXIT_USAGE, app

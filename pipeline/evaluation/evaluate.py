@@ -29,7 +29,7 @@ from pipeline.data.multilingual import ENGLISH, captions_in
 from pipeline.evaluation.grounded import CaptionScore, aggregate, load_objects, score_caption
 from pipeline.evaluation.lexicons import LEXICONS
 from pipeline.evaluation.metrics import diversity, java_available, meteor_jar, score_captions
-from pipeline.features import FeatureTable
+from pipeline.feature_table import FeatureTable
 from pipeline.encoders.runtimes import check_runtime_name
 from pipeline.inference.captioner import Captioner
 
