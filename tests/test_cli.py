@@ -1,5 +1,5 @@
 """The caption-batch command: exit codes, help, and resume after SIGKILL (in real
-processes: `python -m pipeline.inference.cli`)."""
+processes: `python -m pipeline.cli`)."""
 from __future__ import annotations
 
 import multiprocessing
@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from pipeline.inference import cli
 from pipeline.inference.caption_store import parts_dir_for
 from pipeline.inference.captioner import Captioner
-from pipeline.inference.cli import EXIT_SOME_FAILED, EXIT_USAGE, app
+from pipeline.cli import EXIT_SOME_FAILED, EXIT_USAGE, app
 from test_batch import deny_listing
 from test_captioner import make_checkpoint, make_image, replace_weights, weights_file
 
@@ -117,7 +117,7 @@ def test_sigkilled_run_resumes_to_the_same_rows(checkpoint, tmp_path):
     assert 4 <= len(statuses) < 17
     ok_before_kill = statuses.count("ok")
 
-    resumed = subprocess.run([sys.executable, "-m", "pipeline.inference.cli", *map(str, (images, out, *args))],
+    resumed = subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, (images, out, *args))],
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
     log = resumed.stdout
     assert resumed.returncode == 3, log  # zero.jpg failed

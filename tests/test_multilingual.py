@@ -30,7 +30,7 @@ from pipeline.evaluation.evaluate import EvaluateConfig, evaluate
 from pipeline.feature_table import FeatureTable
 from pipeline.inference.batch import CaptionConfig, caption_directory
 from pipeline.inference.captioner import Captioner
-from pipeline.inference.cli import EXIT_USAGE, app
+from pipeline.cli import EXIT_USAGE, app
 from pipeline.training.languages import LanguageRewards, epoch_pairs, pair_groups, pairs_per_epoch
 from pipeline.training.scst import sample, sequence_log_probs
 from pipeline.training.train import TrainConfig, train

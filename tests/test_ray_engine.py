@@ -23,7 +23,7 @@ from pipeline.encoders import EncoderConfig
 from pipeline.features import FeaturesConfig, extract_features
 from pipeline.inference.batch import CaptionConfig, caption_directory, list_images
 from pipeline.inference.caption_store import SCHEMA, parts_dir_for
-from pipeline.inference.cli import EXIT_SOME_FAILED, EXIT_USAGE, app
+from pipeline.cli import EXIT_SOME_FAILED, EXIT_USAGE, app
 from test_captioner import make_checkpoint, make_image
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("single_thread")]
