@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pipeline.inference import cli
+from pipeline import cli
 from pipeline.inference.caption_store import parts_dir_for
 from pipeline.inference.captioner import Captioner
 from pipeline.cli import EXIT_SOME_FAILED, EXIT_USAGE, app
