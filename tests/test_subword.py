@@ -52,6 +52,29 @@ def test_decode_gives_the_normalised_caption_back_like_the_word_kind(model_type)
     assert vocab.decode([*vocab.encode("a red circle")[:-1], vocab.end_id, *vocab.encode("blue")]) == "a red circle"
 
 
+def test_verbatim_pieces_keep_case_and_punctuation_and_the_metrics_still_compare_words(tmp_path):
+    caps = ["ein kleiner roter Kreis links von einem blauen Quadrat",
+            "drei Formen: ein Kreis, ein Stern und ein Quadrat",
+            "le petit triangle jaune est au-dessus de l'étoile violette",
+            "赤い丸が青い四角の左にある。"] * 3
+    vocab = sp(caps, size=64, verbatim=True)
+    for caption in [*caps[:4], "ein roter  Stern\nlinks von einem Kreis", "l'étoile jaune, un Kreis"]:
+        ids = vocab.encode(caption)
+        assert vocab.unk_id not in ids
+        assert vocab.decode(ids) == " ".join(caption.split()), caption  # as written, spaces collapsed
+    assert unk_rate(vocab, caps) == 0.0 and unk_rate(vocab, ["ein Quadrat"]) == 0.0
+    assert unk_rate(vocab, ["ein Würfel"]) == 0.5  # one of two written words has an unseen letter
+    # the reward and the metrics see lower-cased words, as they see the references
+    assert vocab.reward_words("Drei Formen: ein Kreis", "de") == ["drei", "formen", "ein", "kreis"]
+    # the flag travels with the vocabulary (file and checkpoint payload); files without it load as before
+    vocab.save(tmp_path / "v.json")
+    again = load_vocab(tmp_path / "v.json")
+    assert again.verbatim and again.decode(again.encode(caps[1])) == caps[1]
+    plain = sp(caps, size=56)
+    assert "verbatim" not in plain.payload() and not from_payload(plain.payload()).verbatim
+    assert plain.decode(plain.encode(caps[1])) == "drei formen ein kreis ein stern und ein quadrat"
+
+
 def test_only_train_captions_shape_the_pieces(tmp_path, monkeypatch):
     """Stage `vocab` end to end: a word only in val/test captions gets no piece of its own, and
     changing val/test captions leaves data/vocab.json byte-identical; test <unk> rate 0."""
@@ -113,6 +136,7 @@ def test_special_tokens_stay_whole_in_both_kinds():
     ({"kind": "bytes"}, "vocab.kind"), ({"model_type": "wordpiece"}, "vocab.model_type"),
     ({"character_coverage": 0}, "vocab.character_coverage"), ({"special_tokens": ["<2DE>"]}, "vocab.special_tokens"),
     ({"special_tokens": ["<2de>", "<2de>"]}, "vocab.special_tokens"), ({"kind": "sentencepiece", "size": 4}, "vocab.size"),
+    ({"kind": "word", "verbatim": True}, "vocab.verbatim"),
 ])
 def test_bad_params_name_the_param(values, param):
     with pytest.raises(ValueError, match=param):

@@ -4,7 +4,10 @@ captions is spelled with pieces of train words instead of becoming <unk>.
 
 Pieces are learned on the normalised captions (pipeline.data.vocab.normalise: the metrics'
 tokens joined by spaces), so decoding gives back exactly the text the word kind gives, and the
-metrics and SCST's reward still count words. Sentencepiece needs no spaces (Japanese, Chinese:
+metrics and SCST's reward still count words. With vocab.verbatim they are learned on the
+captions as written (Unicode NFC, one line, single spaces): decoded captions keep case and
+punctuation (German nouns, "l'étoile", commas), and the metrics and the reward lower-case and
+split them as they split the references. Sentencepiece needs no spaces (Japanese, Chinese:
 a caption is one run of pieces) and holds vocab.special_tokens (language tokens) as whole
 pieces. The trained model is kept as bytes (base64 in data/vocab.json and in the checkpoint),
 so the Captioner decodes without data/ and checkpoints still load with weights_only=True."""
@@ -15,13 +18,15 @@ import io
 import json
 import logging
 import re
+import unicodedata
 from pathlib import Path
 from typing import Hashable, Iterable
 
 import sentencepiece as spm
 
 from pipeline.data.tokenizers import score_tokens
-from pipeline.data.vocab import END, PAD, SPECIALS, START, UNK, Vocab, VocabConfig, normalise, readable, tokenize
+from pipeline.data.vocab import (END, PAD, SPECIALS, START, UNK, Vocab, VocabConfig, normalise, one_line, readable,
+                                 tokenize)
 
 logger = logging.getLogger(__name__)
 KIND = "sentencepiece"
@@ -31,8 +36,8 @@ class SubwordVocab(Vocab):
     """A Vocab whose tokens are sentencepiece pieces; ids 0-3 are the same specials."""
     kind = KIND
 
-    def __init__(self, model: bytes):
-        self.model = bytes(model)
+    def __init__(self, model: bytes, verbatim: bool = False):
+        self.model, self.verbatim = bytes(model), bool(verbatim)
         self.processor = spm.SentencePieceProcessor(model_proto=self.model)
         pieces = [self.processor.id_to_piece(i) for i in range(self.processor.get_piece_size())]
         if pieces[: len(SPECIALS)] != list(SPECIALS):
@@ -40,15 +45,23 @@ class SubwordVocab(Vocab):
                              f"expected {list(SPECIALS)}: rebuild it with `dvc repro vocab`")
         super().__init__(pieces[len(SPECIALS):])
 
+    def form(self, caption: str) -> str:
+        """The text the pieces spell, and decode gives back: normalise(caption), or with
+        verbatim the caption as written."""
+        return verbatim_text(caption) if self.verbatim else normalise(caption)
+
     def token_ids(self, caption: str) -> list[int]:
-        return self.processor.encode(normalise(caption))
+        return self.processor.encode(self.form(caption))
 
     def text(self, ids: list[int]) -> str:
         return self.processor.decode(ids)
 
+    def spelled_words(self, caption: str) -> list[str]:
+        return self.form(caption).split() if self.verbatim else tokenize(caption)
+
     def count_unknown(self, words: list[str]) -> int:
         # Pieces never cross a space, so a word is spelled alike alone or in its caption.
-        spelled = self.processor.encode([readable(w) for w in words])
+        spelled = self.processor.encode([w if self.verbatim else readable(w) for w in words])
         return sum(self.unk_id in ids for ids in spelled)
 
     def reward_words(self, caption: str, language: str | None = None) -> list[Hashable]:
@@ -64,23 +77,24 @@ class SubwordVocab(Vocab):
 
     def payload(self) -> dict:
         languages = {"languages": self.languages} if self.languages else {}
-        return {"kind": KIND, "model": base64.b64encode(self.model).decode("ascii"), **languages}
+        verbatim = {"verbatim": True} if self.verbatim else {}  # absent: files from before it load alike
+        return {"kind": KIND, "model": base64.b64encode(self.model).decode("ascii"), **verbatim, **languages}
 
     def to_list(self) -> list[str]:
         raise TypeError("a sentencepiece vocabulary is not a word list: store vocab.payload()")
 
     @classmethod
     def from_payload(cls, payload: dict) -> "SubwordVocab":
-        return cls(base64.b64decode(payload["model"]))
+        return cls(base64.b64decode(payload["model"]), verbatim=bool(payload.get("verbatim", False)))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.payload(), indent=0) + "\n")
 
 
 def train_sentencepiece(train_captions: Iterable[str], cfg: VocabConfig) -> SubwordVocab:
-    """Pieces learned from the normalised train captions; the same captions and params give a
-    byte-identical model (one thread, every sentence, no sampling)."""
-    sentences = [s for s in map(normalise, train_captions) if s]
+    """Pieces learned from the normalised (or, with cfg.verbatim, the written) train captions; the
+    same captions and params give a byte-identical model (one thread, every sentence, no sampling)."""
+    sentences = [s for s in map(verbatim_text if cfg.verbatim else normalise, train_captions) if s]
     if not sentences:
         raise ValueError("no train caption has a word: the sentencepiece vocabulary is learned from them")
     model = io.BytesIO()
@@ -91,16 +105,21 @@ def train_sentencepiece(train_captions: Iterable[str], cfg: VocabConfig) -> Subw
             user_defined_symbols=list(cfg.special_tokens),
             pad_id=0, bos_id=1, eos_id=2, unk_id=3, pad_piece=PAD, bos_piece=START, eos_piece=END,
             unk_piece=UNK, unk_surface=UNK,
-            # The captions are normalised already: any further normalisation (NFKC) would make
+            # The captions are in their form already: any further normalisation (NFKC) would make
             # decode(encode(caption)) differ from the text the metrics compare.
             normalization_rule_name="identity",
             num_threads=1, input_sentence_size=0, shuffle_input_sentence=False, minloglevel=2)
     except RuntimeError as err:
         raise ValueError(_explain(str(err), cfg)) from None
-    vocab = SubwordVocab(model.getvalue())
+    vocab = SubwordVocab(model.getvalue(), verbatim=cfg.verbatim)
     logger.info("sentencepiece %s vocabulary: %d pieces from %d train captions", cfg.model_type, len(vocab),
                 len(sentences))
     return vocab
+
+
+def verbatim_text(caption: str) -> str:
+    """A caption as written, in one canonical form: Unicode NFC, one line, single spaces."""
+    return " ".join(unicodedata.normalize("NFC", one_line(caption)).split())
 
 
 def _explain(message: str, cfg: VocabConfig) -> str:

@@ -95,6 +95,9 @@ class VocabConfig:
     size: int = 80
     character_coverage: float = 1.0  # share of the train characters given a piece (ja/zh: 0.9995)
     byte_fallback: bool = False  # spell unseen characters as UTF-8 bytes (256 more pieces): no <unk> at all
+    # Pieces of the captions as written (case, punctuation: German nouns, "l'étoile", commas)
+    # instead of the metrics' lower-cased words; the metrics still compare lower-cased words.
+    verbatim: bool = False
     # Tokens kept whole by both kinds, always in the vocabulary (language tokens such as <2de>).
     special_tokens: list[str] = field(default_factory=list)
 
@@ -108,6 +111,9 @@ class VocabConfig:
         if self.kind == "sentencepiece" and self.size <= len(SPECIALS) + len(self.special_tokens):
             raise ValueError(f"vocab.size ({self.size}) must leave room for pieces beyond the "
                              f"{len(SPECIALS) + len(self.special_tokens)} special tokens")
+        if self.verbatim and self.kind != "sentencepiece":
+            raise ValueError("vocab.verbatim keeps the captions' case and punctuation in sentencepiece pieces: "
+                             "it needs vocab.kind: sentencepiece (the word kind holds the metrics' words)")
         if not 0.0 < self.character_coverage <= 1.0:
             raise ValueError(f"vocab.character_coverage must be in (0, 1], got {self.character_coverage}")
         for token in self.special_tokens:
@@ -204,6 +210,10 @@ class Vocab:
                 kept.append(i)
         return self.text(kept)
 
+    def spelled_words(self, caption: str) -> list[str]:
+        """The caption's words as this vocabulary spells them (count_unknown's input)."""
+        return tokenize(caption)
+
     def count_unknown(self, words: list[str]) -> int:
         """How many of these tokenize() words the vocabulary cannot spell without <unk>."""
         return sum(w not in self.stoi for w in words)
@@ -254,6 +264,6 @@ def build_word_vocab(train_captions: Iterable[str], cfg: VocabConfig) -> Vocab:
 
 
 def unk_rate(vocab: Vocab, captions: Iterable[str]) -> float:
-    """Share of caption words (tokenize()) the vocabulary cannot spell without <unk>."""
-    words = [w for caption in captions for w in tokenize(caption)]
+    """Share of caption words (as the vocabulary spells them) it cannot spell without <unk>."""
+    words = [w for caption in captions for w in vocab.spelled_words(caption)]
     return vocab.count_unknown(words) / len(words) if words else 0.0
