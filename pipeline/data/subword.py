@@ -7,7 +7,8 @@ tokens joined by spaces), so decoding gives back exactly the text the word kind 
 metrics and SCST's reward still count words. With vocab.verbatim they are learned on the
 captions as written (Unicode NFC, one line, single spaces): decoded captions keep case and
 punctuation (German nouns, "l'étoile", commas), and the metrics and the reward lower-case and
-split them as they split the references. Sentencepiece needs no spaces (Japanese, Chinese:
+split them as they split the references. Japanese captions are split into words first
+(vocab.japanese_words, pipeline/data/segmentation.py), so no piece spans two words. Sentencepiece needs no spaces (Japanese, Chinese:
 a caption is one run of pieces) and holds vocab.special_tokens (language tokens) as whole
 pieces. The trained model is kept as bytes (base64 in data/vocab.json and in the checkpoint),
 so the Captioner decodes without data/ and checkpoints still load with weights_only=True."""
@@ -24,6 +25,7 @@ from typing import Hashable, Iterable
 
 import sentencepiece as spm
 
+from pipeline.data.segmentation import join_words, split_words
 from pipeline.data.tokenizers import score_tokens
 from pipeline.data.vocab import (END, PAD, SPECIALS, START, UNK, Vocab, VocabConfig, normalise, one_line, readable,
                                  tokenize)
@@ -36,8 +38,8 @@ class SubwordVocab(Vocab):
     """A Vocab whose tokens are sentencepiece pieces; ids 0-3 are the same specials."""
     kind = KIND
 
-    def __init__(self, model: bytes, verbatim: bool = False):
-        self.model, self.verbatim = bytes(model), bool(verbatim)
+    def __init__(self, model: bytes, verbatim: bool = False, japanese_words: bool = False):
+        self.model, self.verbatim, self.japanese_words = bytes(model), bool(verbatim), bool(japanese_words)
         self.processor = spm.SentencePieceProcessor(model_proto=self.model)
         pieces = [self.processor.id_to_piece(i) for i in range(self.processor.get_piece_size())]
         if pieces[: len(SPECIALS)] != list(SPECIALS):
@@ -46,15 +48,16 @@ class SubwordVocab(Vocab):
         super().__init__(pieces[len(SPECIALS):])
 
     def form(self, caption: str) -> str:
-        """The text the pieces spell, and decode gives back: normalise(caption), or with
-        verbatim the caption as written."""
-        return verbatim_text(caption) if self.verbatim else normalise(caption)
+        """The text the pieces spell: normalise(caption), or with verbatim the caption as
+        written; Japanese split into words with japanese_words (decode joins them again)."""
+        return caption_form(caption, self.verbatim, self.japanese_words)
 
     def token_ids(self, caption: str) -> list[int]:
         return self.processor.encode(self.form(caption))
 
     def text(self, ids: list[int]) -> str:
-        return self.processor.decode(ids)
+        text = self.processor.decode(ids)
+        return join_words(text) if self.japanese_words else text
 
     def spelled_words(self, caption: str) -> list[str]:
         return self.form(caption).split() if self.verbatim else tokenize(caption)
@@ -77,15 +80,17 @@ class SubwordVocab(Vocab):
 
     def payload(self) -> dict:
         languages = {"languages": self.languages} if self.languages else {}
-        verbatim = {"verbatim": True} if self.verbatim else {}  # absent: files from before it load alike
-        return {"kind": KIND, "model": base64.b64encode(self.model).decode("ascii"), **verbatim, **languages}
+        # Flags absent when off: files from before them load alike.
+        flags = {key: True for key in ("verbatim", "japanese_words") if getattr(self, key)}
+        return {"kind": KIND, "model": base64.b64encode(self.model).decode("ascii"), **flags, **languages}
 
     def to_list(self) -> list[str]:
         raise TypeError("a sentencepiece vocabulary is not a word list: store vocab.payload()")
 
     @classmethod
     def from_payload(cls, payload: dict) -> "SubwordVocab":
-        return cls(base64.b64decode(payload["model"]), verbatim=bool(payload.get("verbatim", False)))
+        return cls(base64.b64decode(payload["model"]), verbatim=bool(payload.get("verbatim", False)),
+                   japanese_words=bool(payload.get("japanese_words", False)))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.payload(), indent=0) + "\n")
@@ -94,7 +99,7 @@ class SubwordVocab(Vocab):
 def train_sentencepiece(train_captions: Iterable[str], cfg: VocabConfig) -> SubwordVocab:
     """Pieces learned from the normalised (or, with cfg.verbatim, the written) train captions; the
     same captions and params give a byte-identical model (one thread, every sentence, no sampling)."""
-    sentences = [s for s in map(verbatim_text if cfg.verbatim else normalise, train_captions) if s]
+    sentences = [s for s in (caption_form(c, cfg.verbatim, cfg.japanese_words) for c in train_captions) if s]
     if not sentences:
         raise ValueError("no train caption has a word: the sentencepiece vocabulary is learned from them")
     model = io.BytesIO()
@@ -111,10 +116,15 @@ def train_sentencepiece(train_captions: Iterable[str], cfg: VocabConfig) -> Subw
             num_threads=1, input_sentence_size=0, shuffle_input_sentence=False, minloglevel=2)
     except RuntimeError as err:
         raise ValueError(_explain(str(err), cfg)) from None
-    vocab = SubwordVocab(model.getvalue(), verbatim=cfg.verbatim)
+    vocab = SubwordVocab(model.getvalue(), verbatim=cfg.verbatim, japanese_words=cfg.japanese_words)
     logger.info("sentencepiece %s vocabulary: %d pieces from %d train captions", cfg.model_type, len(vocab),
                 len(sentences))
     return vocab
+
+
+def caption_form(caption: str, verbatim: bool, japanese_words: bool) -> str:
+    text = verbatim_text(caption) if verbatim else normalise(caption)
+    return split_words(text) if japanese_words else text
 
 
 def verbatim_text(caption: str) -> str:

@@ -98,6 +98,9 @@ class VocabConfig:
     # Pieces of the captions as written (case, punctuation: German nouns, "l'étoile", commas)
     # instead of the metrics' lower-cased words; the metrics still compare lower-cased words.
     verbatim: bool = False
+    # Split Japanese captions into words (janome) before pieces are learned, so no piece spans a
+    # colour and a shape (pipeline/data/segmentation.py).
+    japanese_words: bool = True
     # Tokens kept whole by both kinds, always in the vocabulary (language tokens such as <2de>).
     special_tokens: list[str] = field(default_factory=list)
 
