@@ -34,7 +34,8 @@ from pipeline.data.images import load_image_tensor  # noqa: E402
 from pipeline.data.vocab import Vocab  # noqa: E402
 from pipeline.decoders import DecoderConfig, ShowTell  # noqa: E402
 from pipeline.encoders import EncoderConfig, build_encoder  # noqa: E402
-from pipeline.inference.batch import CaptionConfig, caption_directory, list_images  # noqa: E402
+from pipeline.inference.batch import CaptionConfig, caption_directory  # noqa: E402
+from pipeline.inference.listing import list_images  # noqa: E402
 from pipeline.inference.captioner import Captioner  # noqa: E402
 
 

@@ -63,7 +63,8 @@ from pipeline.encoders import EncoderConfig, build_encoder  # noqa: E402
 from pipeline.encoders.feature_maps import SpatialEncoder  # noqa: E402
 from pipeline.feature_table import load_features  # noqa: E402
 from pipeline.features import FeaturesConfig, build_features_encoder, extract_features  # noqa: E402
-from pipeline.inference.batch import CaptionConfig, caption_directory, list_images  # noqa: E402
+from pipeline.inference.batch import CaptionConfig, caption_directory  # noqa: E402
+from pipeline.inference.listing import list_images  # noqa: E402
 from pipeline.inference.captioner import Captioner  # noqa: E402
 from pipeline.runtime import resolve_device  # noqa: E402
 from pipeline.training.train import TrainConfig, train  # noqa: E402

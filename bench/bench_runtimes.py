@@ -39,7 +39,8 @@ from pipeline.encoders import EncoderConfig  # noqa: E402
 from pipeline.encoders.runtimes import EXPORTED, installed  # noqa: E402
 from pipeline.feature_table import load_features  # noqa: E402
 from pipeline.features import FeaturesConfig, extract_features  # noqa: E402
-from pipeline.inference.batch import CaptionConfig, caption_directory, list_images  # noqa: E402
+from pipeline.inference.batch import CaptionConfig, caption_directory  # noqa: E402
+from pipeline.inference.listing import list_images  # noqa: E402
 from pipeline.inference.captioner import Captioner  # noqa: E402
 
 

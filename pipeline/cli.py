@@ -23,9 +23,9 @@ from pipeline.distributed.ray_cluster import RayOptions, RayUnavailableError
 from pipeline.distributed.storage import is_uri
 from pipeline.encoders.runtimes import RUNTIMES, RuntimeMismatchError, RuntimeUnavailableError
 from pipeline.errors import EncoderWeightsError
-from pipeline.inference.batch import (DEFAULT_PATTERNS, EXIT_LISTING_INCOMPLETE, CaptionConfig, CaptionUsageError,
-                                      caption_directory)
+from pipeline.inference.batch import EXIT_LISTING_INCOMPLETE, CaptionConfig, CaptionUsageError, caption_directory
 from pipeline.inference.captioner import CheckpointMismatchError
+from pipeline.inference.listing import DEFAULT_PATTERNS
 from pipeline.runtime import resolve_device
 
 EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130  # and EXIT_LISTING_INCOMPLETE = 4

@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from pipeline.encoders.runtimes import runtime_candidates
-from pipeline.inference.batch import CaptionConfig, CaptionUsageError, caption_directory, list_images
+from pipeline.inference.batch import CaptionConfig, CaptionUsageError, caption_directory
+from pipeline.inference.listing import list_images
 from pipeline.inference.caption_store import SCHEMA, parts_dir_for
 from pipeline.inference.captioner import Captioner
 from test_captioner import make_checkpoint, make_image

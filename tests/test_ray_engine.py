@@ -21,7 +21,8 @@ from pipeline.distributed.ray_engine import caption_directory_ray
 from pipeline.distributed.ray_features import extract_features_ray
 from pipeline.encoders import EncoderConfig
 from pipeline.features import FeaturesConfig, extract_features
-from pipeline.inference.batch import CaptionConfig, caption_directory, list_images
+from pipeline.inference.batch import CaptionConfig, caption_directory
+from pipeline.inference.listing import list_images
 from pipeline.inference.caption_store import SCHEMA, parts_dir_for
 from pipeline.cli import EXIT_SOME_FAILED, EXIT_USAGE, app
 from test_captioner import make_checkpoint, make_image

@@ -39,7 +39,8 @@ from pipeline.distributed import storage
 from pipeline.distributed.ray_cluster import (Failure, Plan, RayOptions, each_or_error, plan_actors, ray_session,
                                               read_task_memory, require_ray, unwrap)
 from pipeline.encoders import Preprocess
-from pipeline.inference.batch import REASONS, CaptionConfig, ImageFile, _CaptionDataset, _row, list_images
+from pipeline.inference.batch import REASONS, CaptionConfig, _CaptionDataset, _row
+from pipeline.inference.listing import ImageFile, list_images
 from pipeline.inference.caption_store import (SCHEMA, CaptionUsageError, Key, PartWriter, Previous, lock_parts_dir,
                                               merge_rows, part_files, parts_dir_for, previous_rows, replace_atomically,
                                               row_sources, settings_json, unlisted_keeper)

@@ -26,7 +26,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.encoders.runtimes import default_cache_dir
-from pipeline.inference.batch import ImageFile
+from pipeline.inference.listing import ImageFile
 from pipeline.inference.caption_store import SCHEMA, CaptionUsageError
 
 logger = logging.getLogger(__name__)
