@@ -308,3 +308,25 @@ def test_overlapped_encoding_gives_the_rows_of_the_plain_loop_and_keeps_them_on_
     # batches of 4 in name order: the first two (7 images and the bad file) finished before the crash
     assert (resumed["reused"], resumed["retried"], resumed["captioned"]) == (7, 1, 4)
     assert read(crashed) == read(plain)
+
+
+def test_captions_cut_at_max_len_are_counted_and_named(checkpoint, tmp_path, caplog):
+    images = tmp_path / "imgs"
+    for i in range(8):
+        make_image(images / f"{i}.png", seed=i)
+    for max_len in (2, 40):
+        out = tmp_path / f"out{max_len}.parquet"
+        cfg = CaptionConfig(**{**CFG, "beam_size": 1, "max_len": max_len})
+        with caplog.at_level("WARNING", logger="pipeline.inference.batch"):
+            caplog.clear()
+            summary = caption_directory(images, out, checkpoint, cfg)
+        lengths = [len(r["caption"].split()) for r in read(out).values() if r["status"] == "ok"]
+        # a caption of max_len words never had a step left for <end> (one word a token here)
+        assert summary["cut_at_max_len"] == sum(n >= max_len for n in lengths)
+        warned = [r.getMessage() for r in caplog.records if "before ending and are cut" in r.getMessage()]
+        if summary["cut_at_max_len"]:
+            assert warned and f"max_len={max_len}" in warned[0] and "--max-len" in warned[0]
+        else:
+            assert not warned
+        if max_len == 2:
+            assert 0 < summary["cut_at_max_len"], lengths  # the test fixture must produce cut captions

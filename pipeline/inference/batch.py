@@ -190,11 +190,17 @@ def caption_directory(images_dir: str | Path, out_path: str | Path, checkpoint_p
                "listing_incomplete": bool(unlisted), "unlisted_dirs": list(unlisted),
                "seconds": round(seconds, 3), "out": str(out), "model_id": captioner.model_id,
                "settings": captioner.settings, "language": captioner.language,
+               "cut_at_max_len": captioner.cut_captions,
                "images_per_second": round(stats["captioned"] / max(stats["caption_seconds"], 1e-9), 2)}
     logger.info("caption-batch: %d listed: %d reused, %d new, %d re-captioned (model or settings changed), "
                 "%d re-captioned (file changed), %d retried (error before); %d captioned, %d failed "
                 "-> %s (%.1fs, %.1f images/s)", summary["listed"], *(summary[r] for r in REASONS),
                 summary["captioned"], summary["failed"], out, seconds, summary["images_per_second"])
+    if captioner.cut_captions:
+        logger.warning("caption-batch: %d of %d captions reached max_len=%d tokens before ending and are cut: "
+                       "rerun with a larger --max-len (caption.max_len); the model was trained with "
+                       "train.max_len=%s", captioner.cut_captions, stats["captioned"], captioner.max_len,
+                       captioner.trained_max_len or "unknown")
     if unlisted:
         logger.error("caption-batch: listing incomplete, %d director%s could not be listed: %s; their "
                      "earlier rows (%d) are kept; rerun once they are readable", len(unlisted),

@@ -121,6 +121,8 @@ class Captioner:
         self._runtime = None
         self.decoder.to(self.device).eval()
         self.beam_size, self.max_len, self.length_penalty = beam_size, max_len, length_penalty
+        self.cut_captions = 0  # captions that reached max_len before <end>, since this captioner was built
+        self.trained_max_len = (checkpoint.get("config") or {}).get("max_len")  # train.max_len, for messages
         model_id = str(checkpoint.get("extra", {}).get("model_id") or f"{info['name']}-{model_digest(checkpoint)}")
         if info.get("fingerprint") and self.encoder_fingerprint != info["fingerprint"]:
             model_id += f"+encoder-{self.encoder_fingerprint}"  # overridden: never the trained model's id
@@ -229,6 +231,8 @@ class Captioner:
                          language: str | None = None) -> tuple[list[str], list[float]]:
         """Encoded images (what encode() returns) -> captions and their mean token log-probabilities."""
         out = self.decode_features(features, beam_size, language)
+        # max_len steps, one token each: a caption of max_len tokens never had room for <end>
+        self.cut_captions += sum(len(t) >= self.max_len for t in out.tokens)
         return [self.vocab.decode(t) for t in out.tokens], out.mean_logprob
 
     def caption_tensors(self, images: torch.Tensor, beam_size: int | None = None,
