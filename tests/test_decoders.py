@@ -189,3 +189,36 @@ def test_unknown_decoder_and_bad_shapes_are_clear_errors():
     model = make("transformer")
     with pytest.raises(ValueError, match="shape"):
         model(torch.randn(2, 6, 4, 3), captions(2, 4))
+
+
+def test_manual_attention_matches_sdpa_values_and_gradients():
+    """Training on a CPU attends with matmuls (faster there); it must be the same function."""
+    import torch.nn.functional as F
+
+    from pipeline.decoders.transformer import attend
+    g = torch.Generator().manual_seed(0)
+    for causal, n_keys in ((True, 6), (False, 9)):
+        q, k, v = (torch.randn(3, 4, n, 8, generator=g, requires_grad=True) for n in (6, n_keys, n_keys))
+        ours = attend(q, k, v, causal)
+        grads = torch.autograd.grad(ours.square().sum(), (q, k, v))
+        ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+        assert torch.allclose(ours, ref, atol=1e-5)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, ref_grads))
+    with torch.no_grad():  # decoding keeps SDPA
+        assert torch.equal(attend(q, k, v, False), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_dropout_keeps_the_expected_value_and_is_the_identity_in_eval_mode():
+    from pipeline.decoders.base import Dropout
+    torch.manual_seed(0)
+    x = torch.full((200_000,), 2.0)
+    drop = Dropout(0.3)
+    y = drop(x)
+    assert abs((y == 0).float().mean().item() - 0.3) < 0.01
+    assert torch.allclose(y[y != 0], torch.tensor(2.0 / 0.7))
+    assert abs(y.mean().item() - 2.0) < 0.02
+    assert not torch.equal(drop(x), y)  # a new mask each call
+    drop.eval()
+    assert drop(x) is x
+    assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x)) and Dropout(0.0)(x) is x

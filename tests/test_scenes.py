@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline.config import build
+from pipeline.data import scenes
 from pipeline.data.scenes import SceneConfig, generate_scenes
 
 # The test's own idea of what each colour word looks like (deliberately not the
@@ -55,6 +56,19 @@ def test_same_config_gives_identical_bytes_and_other_seed_differs(tmp_path):
     image = [(tmp_path / d / "images" / "scene_00017.png").read_bytes() for d in "abc"]
     assert jsonl[0] == jsonl[1] and image[0] == image[1]
     assert jsonl[0] != jsonl[2] and image[0] != image[2]
+
+
+def test_worker_processes_write_the_same_bytes_as_one_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(scenes, "RENDER_CHUNK", 7)  # 40 images: 6 jobs over 2 processes
+    cfg = SceneConfig(n_images=40, seed=5, languages=["en", "de"])
+    one = generate_scenes(tmp_path / "one", cfg, workers=1)
+    two = generate_scenes(tmp_path / "two", cfg, workers=2)
+    assert one == two
+    assert (tmp_path / "one/captions.jsonl").read_bytes() == (tmp_path / "two/captions.jsonl").read_bytes()
+    names = sorted(p.name for p in (tmp_path / "one/images").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "two/images").iterdir()) and len(names) == 40
+    for name in names:
+        assert (tmp_path / "one/images" / name).read_bytes() == (tmp_path / "two/images" / name).read_bytes(), name
 
 
 def test_shorter_run_is_a_prefix_and_stale_images_are_removed(tmp_path):

@@ -140,3 +140,36 @@ def test_spatial_decoder_on_pooled_features_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="train.decoder"):
         train(rows, feats, rows, feats, vocab, TrainConfig(decoder="transformer", epochs=1, device="cpu"),
               tmp_path / "m.pt", {"name": "synthetic"})
+
+
+def test_precision_auto_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    import pytest
+
+    from pipeline.runtime import training_autocast_dtype
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert training_autocast_dtype("auto", cpu) is torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert training_autocast_dtype("auto", cpu) is None  # emulated bf16 would be slower than fp32
+    assert training_autocast_dtype("bf16", cpu) is torch.bfloat16 and training_autocast_dtype("fp32", cpu) is None
+    with pytest.raises(ValueError, match="auto | fp32 | bf16"):
+        training_autocast_dtype("fp16", cpu)
+
+
+def test_bf16_training_learns_like_fp32_keeps_float32_weights_and_says_so(tmp_path, single_thread):
+    train_rows, train_maps = spatial(160, 0)
+    val_rows, val_maps = spatial(32, 1)
+    vocab = build_vocab([c for caps in train_rows.captions for c in caps], VocabConfig(min_freq=1))
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        cfg = TrainConfig(decoder="transformer", hidden_size=32, heads=4, num_layers=1, lr=1e-2, epochs=6,
+                          patience=6, batch_size=32, dropout=0.1, device="cpu", precision=precision,
+                          scst_epochs=1, scst_lr=1e-4, scst_batch_size=32, scst_samples=3)
+        summary = train(train_rows, train_maps, val_rows, val_maps, vocab, cfg, tmp_path / f"{precision}.pt",
+                        {"name": "synthetic"})
+        ckpt = load_checkpoint(tmp_path / f"{precision}.pt")
+        assert ckpt["extra"]["precision"] == precision
+        assert all(t.dtype == torch.float32 for t in ckpt["decoder_state"].values() if t.is_floating_point())
+        scores[precision] = summary["best_val_cider"]
+    assert scores["fp32"] > 1.5 and scores["bf16"] > 1.5, scores

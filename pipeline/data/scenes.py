@@ -14,8 +14,10 @@ import json
 import logging
 import math
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -41,6 +43,7 @@ TEXTURES = ("solid", "gradient", "noise", "stripes")
 # Object radius as a fraction of the image side: clearly different, and three large
 # shapes still fit in one row at the default image size.
 RADIUS = {"small": 0.10, "large": 0.17}
+RENDER_CHUNK = 250  # images per job of a rendering process
 
 
 @dataclass
@@ -193,8 +196,41 @@ def render(rng: np.random.Generator, scene: dict, side: int) -> Image.Image:
 
 # ---------------------------------------------------------------------------- data set
 
-def generate_scenes(out_dir: Path, cfg: SceneConfig) -> dict:
-    """Write out_dir/images/scene_NNNNN.png and out_dir/captions.jsonl; return stats."""
+def _make_scene(cfg: SceneConfig, image_dir: Path, name: str, i: int) -> tuple[dict, dict[str, list[str]]]:
+    """Render and save image i, write its captions: its record and its captions by language."""
+    rng = np.random.default_rng([cfg.seed, i])
+    novel = rng.random() < cfg.novel_fraction
+    scene = sample_scene(rng, cfg, novel)
+    render(rng, scene, cfg.image_size).save(image_dir / name, format="PNG", compress_level=1)
+    texts = {}
+    for language in cfg.languages:  # English goes on with the image's stream, as before languages existed
+        stream = rng if language == "en" else np.random.default_rng([cfg.seed, i, language_seed(language)])
+        texts[language] = captions(stream, scene, cfg.size_mention, language=language)
+    return _record(f"images/{name}", texts, "novel" if novel else None, scene["objects"]), texts
+
+
+def _make_chunk(cfg: SceneConfig, image_dir: Path, names: list[str], first: int) -> list[tuple[dict, dict]]:
+    return [_make_scene(cfg, image_dir, name, first + j) for j, name in enumerate(names)]
+
+
+def _scenes_in_order(cfg: SceneConfig, image_dir: Path, names: list[str], workers: int) -> Iterator[tuple[dict, dict]]:
+    """Every image's (record, texts), in order. Image i depends only on (seed, i), so worker
+    processes (one per core: ~2x faster on 2 cores) write byte-identical files."""
+    chunk = RENDER_CHUNK
+    starts = range(0, len(names), chunk)
+    if workers <= 1 or len(names) <= chunk:
+        for lo in starts:
+            yield from _make_chunk(cfg, image_dir, names[lo: lo + chunk], lo)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        jobs = [pool.submit(_make_chunk, cfg, image_dir, names[lo: lo + chunk], lo) for lo in starts]
+        for job in jobs:
+            yield from job.result()
+
+
+def generate_scenes(out_dir: Path, cfg: SceneConfig, workers: int = 0) -> dict:
+    """Write out_dir/images/scene_NNNNN.png and out_dir/captions.jsonl; return stats.
+    workers: processes that render (0 = one per core); the files do not depend on it."""
     validate(cfg)
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
@@ -204,21 +240,15 @@ def generate_scenes(out_dir: Path, cfg: SceneConfig) -> dict:
     for stale in set(p.name for p in image_dir.glob("scene_*.png")) - set(names):
         (image_dir / stale).unlink()  # left by an earlier, larger run
     records, words, lengths, per_count = [], {}, {}, {}
-    for i, name in enumerate(names):
-        rng = np.random.default_rng([cfg.seed, i])
-        novel = rng.random() < cfg.novel_fraction
-        scene = sample_scene(rng, cfg, novel)
-        render(rng, scene, cfg.image_size).save(image_dir / name, format="PNG", compress_level=1)
-        texts = {}
-        for language in cfg.languages:  # English goes on with the image's stream, as before languages existed
-            stream = rng if language == "en" else np.random.default_rng([cfg.seed, i, language_seed(language)])
-            texts[language] = captions(stream, scene, cfg.size_mention, language=language)
-            for text in texts[language]:
+    scenes = _scenes_in_order(cfg, image_dir, names, workers or os.cpu_count() or 1)
+    for i, (record, texts) in enumerate(scenes):
+        for language, texts_of_language in texts.items():
+            for text in texts_of_language:
                 tokens = caption_words(text)
                 words.setdefault(language, set()).update(tokens)
                 lengths.setdefault(language, []).append(len(tokens))
-        records.append(_record(f"images/{name}", texts, "novel" if novel else None, scene["objects"]))
-        per_count[len(scene["objects"])] = per_count.get(len(scene["objects"]), 0) + 1
+        records.append(record)
+        per_count[len(record["objects"])] = per_count.get(len(record["objects"]), 0) + 1
         if (i + 1) % 500 == 0 or i + 1 == cfg.n_images:
             logger.info("scenes: %d/%d images", i + 1, cfg.n_images)
     tmp = out_dir / "captions.jsonl.tmp"

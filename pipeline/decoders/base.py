@@ -21,6 +21,20 @@ class DecoderConfig:
     alpha_c: float = 1.0  # attention: weight of the doubly stochastic penalty (aux_loss)
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout with its mask drawn by torch.rand_like instead of bernoulli_: the same
+    function, about twice as fast on a CPU, where bernoulli_ was 9% of a transformer training
+    step (2-core profile, README: Performance). No state, so checkpoints are unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.p == 1:
+            return torch.zeros_like(x)
+        keep = (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1 / (1 - self.p))
+        return x * keep
+
+
 class Decoder(nn.Module):
     """Base of the registered decoders. Subclasses set `name`, `spatial` and implement
     forward / start / step / select (see pipeline/decoders/__init__.py for the contract)."""

@@ -152,11 +152,13 @@ def sample_rewards(scorer: CiderD | Sequence[CiderD], tokens: torch.Tensor, mask
 def scst_loss(decoder: nn.Module, features: torch.Tensor, image_refs: Sequence, scorer: CiderD | Sequence[CiderD],
               start_id: int | torch.Tensor, end_id: int, max_len: int, n_samples: int = 5,
               banned_ids: Iterable[int] = (), generator: torch.Generator | None = None,
-              words: Words | Sequence[Words] | None = None) -> tuple[torch.Tensor, dict]:
+              words: Words | Sequence[Words] | None = None, amp_dtype: torch.dtype | None = None
+              ) -> tuple[torch.Tensor, dict]:
     """REINFORCE with a leave-one-out baseline: loss = -(r - b) * log p(sample), averaged over
     samples. Normalised per sample, not per token: that is the unbiased estimate of the gradient
     of the expected reward; dividing by tokens would weigh each short sample's tokens more.
-    The reward is a constant: gradients flow only through the sampled tokens' log-probs."""
+    The reward is a constant: gradients flow only through the sampled tokens' log-probs.
+    amp_dtype: autocast dtype of the teacher-forced pass (train.precision); sampling stays float32."""
     if len(image_refs) != features.shape[0]:
         raise ValueError(f"{features.shape[0]} images of features but {len(image_refs)} reference lists")
     for end in {s.end for s in _each(scorer, 1)}:
@@ -169,7 +171,8 @@ def scst_loss(decoder: nn.Module, features: torch.Tensor, image_refs: Sequence, 
     # ~20 incremental steps of small ops cost 3x the whole pass on a 2-core CPU.
     with torch.no_grad():
         tokens, _, mask = sample(decoder, features, start_id, end_id, max_len, n_samples, banned_ids, generator)
-    logp = sequence_log_probs(decoder, features, tokens, mask, n_samples, start_id, end_id, banned_ids)
+    with torch.autocast(features.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logp = sequence_log_probs(decoder, features, tokens, mask, n_samples, start_id, end_id, banned_ids)
     rewards = sample_rewards(scorer, tokens, mask, image_refs, n_samples, words)
     baseline = leave_one_out_baseline(rewards)
     advantage = (rewards - baseline).reshape(-1).to(logp.device)
@@ -195,7 +198,8 @@ def scst_epoch(decoder: nn.Module, optimizer: torch.optim.Optimizer, features: t
                image_refs: Sequence, scorer: CiderD | Sequence[CiderD], *, start_id: int | torch.Tensor,
                end_id: int, max_len: int, n_samples: int = 5, batch_size: int = 64, banned_ids: Iterable[int] = (),
                generator: torch.Generator | None = None, grad_clip: float = 5.0,
-               scheduler=None, words: Words | Sequence[Words] | None = None) -> dict:
+               scheduler=None, words: Words | Sequence[Words] | None = None,
+               amp_dtype: torch.dtype | None = None) -> dict:
     """One SCST pass over the images (row i of `features` has the references image_refs[i]),
     in shuffled batches of `batch_size` images (x n_samples captions each). The decoder runs in
     eval mode (no dropout, BatchNorm running statistics): the policy sampled and improved is the
@@ -226,7 +230,7 @@ def scst_epoch(decoder: nn.Module, optimizer: torch.optim.Optimizer, features: t
         rows = idx.tolist()
         loss, stats = scst_loss(decoder, feats, [image_refs[i] for i in rows], _take(scorer, rows),
                                 _take(start_id, rows), end_id, max_len, n_samples, banned_ids, sampler,
-                                _take(words, rows))
+                                _take(words, rows), amp_dtype)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(params)

@@ -32,7 +32,7 @@ from pipeline.data.vocab import Vocab
 from pipeline.decoders import DECODERS, DecoderConfig, build_decoder
 from pipeline.distributed.ddp import (all_sum, average_gradients, broadcast_module, is_main, rank_seed, shard,
                                       world_size)
-from pipeline.runtime import resolve_device, seed_everything
+from pipeline.runtime import precision_name, resolve_device, seed_everything, training_autocast_dtype
 from pipeline.training.languages import (LanguageRewards, epoch_pairs, pair_groups, pairs_per_epoch,
                                          trained_languages, validation_references)
 from pipeline.training.scst import scst_epoch
@@ -63,6 +63,10 @@ class TrainConfig(DecoderConfig):
     val_max_images: int = 0  # 0 = all validation images
     seed: int = 0
     device: str = "auto"
+    # Mixed precision of the training passes: auto = bf16 autocast where the hardware has bf16
+    # (1.5x faster cross-entropy steps on the 2-core Zen 4 VM, README: Performance), else fp32.
+    # Validation, evaluation and captioning always decode in float32.
+    precision: str = "auto"
     finetune: bool = False  # train the encoder's last blocks end to end on images
     unfreeze_blocks: int = 2
     encoder_lr: float = 1e-4
@@ -175,6 +179,7 @@ def fit(source: FeatureSource, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
                          "fall out of step): set train.nproc: 1 and run the stage without torchrun")
     seed_everything(rank_seed(cfg.seed))  # each rank its own dropout masks (weights: rank 0's, below)
     device = resolve_device(cfg.device)
+    amp = training_autocast_dtype(cfg.precision, device)
     if cfg.captions_per_language < 0:
         raise ValueError(f"train.captions_per_language must be >= 0 (0 = all), got {cfg.captions_per_language}")
     languages = trained_languages(train_rows, vocab)
@@ -202,16 +207,16 @@ def fit(source: FeatureSource, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
         optimizer, max_lr=[g["lr"] for g in groups], total_steps=total_steps, pct_start=warmup)
     loss_fn = nn.CrossEntropyLoss(ignore_index=vocab.pad_id)
     generator = torch.Generator().manual_seed(cfg.seed)
-    logger.info("train: %d images, %d caption pairs (%d an epoch), %d val images, vocab %d, languages %s, device %s",
-                len(train_rows), len(pair_rows), n_pairs, min(n_val, len(val_rows)), len(vocab), ", ".join(languages),
-                device)
+    logger.info("train: %d images, %d caption pairs (%d an epoch), %d val images, vocab %d, languages %s, device %s, "
+                "precision %s", len(train_rows), len(pair_rows), n_pairs, min(n_val, len(val_rows)), len(vocab),
+                ", ".join(languages), device, precision_name(amp))
 
     def save(model: nn.Module, extra: dict) -> None:
         if not is_main():
             return
         save_checkpoint(out_path, decoder_state={k: v.cpu() for k, v in model.state_dict().items()},
                         decoder=model.describe(), vocab=vocab.payload(), config=asdict(cfg),
-                        extra={**extra, "languages": languages},
+                        extra={**extra, "languages": languages, "precision": precision_name(amp)},
                         **source.checkpoint_parts())
 
     best, best_epoch, history = -math.inf, -1, []
@@ -232,8 +237,9 @@ def fit(source: FeatureSource, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
                 continue
             caps = tokens[idx].to(device)
             caps = caps[:, : int((caps != vocab.pad_id).sum(1).max())]  # trim padding columns
-            logits = decoder(feats, caps)
-            loss = loss_fn(logits.reshape(-1, logits.shape[-1]), caps[:, 1:].reshape(-1)) + decoder.aux_loss()
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits = decoder(feats, caps)
+            loss = loss_fn(logits.float().flatten(0, 1), caps[:, 1:].reshape(-1)) + decoder.aux_loss().float()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             average_gradients(trainable)
@@ -263,14 +269,14 @@ def fit(source: FeatureSource, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
                "history": history, f"xe_best_val_{cfg.val_metric}": best}
     if cfg.scst_epochs:
         summary.update(self_critical(decoder, source, train_rows, val_refs, n_val, vocab, cfg, device,
-                                     save, log_metric, best, len(history), out_path, languages))
+                                     save, log_metric, best, len(history), out_path, languages, amp))
     return summary
 
 
 def self_critical(decoder: nn.Module, source: FeatureSource, train_rows: pd.DataFrame, val_refs: dict,
                   n_val: int, vocab: Vocab, cfg: TrainConfig, device: torch.device, save: Callable,
                   log_metric: Callable[[dict], None], best: float, epochs_done: int, out_path: Path,
-                  languages: list[str]) -> dict:
+                  languages: list[str], amp: torch.dtype | None = None) -> dict:
     """SCST epochs from the best cross-entropy checkpoint; a checkpoint is saved only when the
     validation score beats every earlier epoch, so SCST can never make the kept model worse.
     Each image is scored in one of the model's languages per epoch (LanguageRewards)."""
@@ -289,7 +295,7 @@ def self_critical(decoder: nn.Module, source: FeatureSource, train_rows: pd.Data
         stats = scst_epoch(decoder, optimizer, source.train_features, end_id=vocab.end_id,
                            max_len=cfg.max_len - 1, n_samples=cfg.scst_samples, batch_size=cfg.scst_batch_size,
                            banned_ids=banned_ids(vocab), generator=generator, grad_clip=cfg.grad_clip,
-                           **rewards.epoch(epoch))
+                           amp_dtype=amp, **rewards.epoch(epoch))
         decoder.eval()
         score = validate(decoder, source, n_val, val_refs, vocab, cfg, device)
         record = {"epoch": epoch, "scst_reward": stats["reward"], f"val_{cfg.val_metric}": score,
