@@ -29,7 +29,7 @@ from pipeline.encoders import Encoder, EncoderConfig, build_encoder
 from pipeline.encoders.feature_maps import SPATIAL_LEVELS, SpatialEncoder
 from pipeline.encoders.runtimes import (ExportedRuntime, TorchRuntime, build_runtime, check_runtime_name,
                                         default_threads, default_workers)
-from pipeline.feature_table import META_KEY, fixed_list_to_numpy, read_meta
+from pipeline.feature_table import GRID_DTYPE, META_KEY, fixed_list_to_numpy, grid_type, read_meta
 from pipeline.hashing import file_sha256
 from pipeline.runtime import PRECISIONS, autocast_dtype, precision_name, resolve_device
 
@@ -103,7 +103,8 @@ class _RowWriter:
         fields = [pa.field("image_id", pa.string()), pa.field("key", pa.string()),
                   pa.field("feature", pa.list_(pa.float16(), self.dim))]
         if self.grid_size:
-            fields.append(pa.field("grid", pa.list_(pa.float16(), self.grid_size)))
+            fields.append(pa.field("grid", grid_type(self.grid_size),
+                                   metadata={b"encoding": b"float16 little-endian, (C, h, w) in C order"}))
         self.schema = pa.schema(fields, metadata={META_KEY: json.dumps(meta)})
         self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
         self.rows_per_chunk = max(1, _CHUNK_BYTES // (2 * (self.dim + self.grid_size)))
@@ -115,7 +116,7 @@ class _RowWriter:
         self.buffer["key"] += keys
         self.buffer["feature"].append(features.reshape(len(ids), self.dim).astype(np.float16))
         if self.grid_size:
-            self.buffer["grid"].append(grid.reshape(len(ids), self.grid_size).astype(np.float16))
+            self.buffer["grid"].append(grid.reshape(len(ids), self.grid_size).astype(GRID_DTYPE))
         if len(self.buffer["image_id"]) >= self.rows_per_chunk:
             self.flush()
 
@@ -124,10 +125,11 @@ class _RowWriter:
         if not n:
             return
         columns = [pa.array(self.buffer["image_id"], pa.string()), pa.array(self.buffer["key"], pa.string())]
-        for name, size in (("feature", self.dim), ("grid", self.grid_size)):
-            if name in self.buffer:
-                flat = pa.array(np.concatenate(self.buffer[name]).reshape(-1), pa.float16())
-                columns.append(pa.FixedSizeListArray.from_arrays(flat, size))
+        flat = pa.array(np.concatenate(self.buffer["feature"]).reshape(-1), pa.float16())
+        columns.append(pa.FixedSizeListArray.from_arrays(flat, self.dim))
+        if self.grid_size:
+            data = np.ascontiguousarray(np.concatenate(self.buffer["grid"]))
+            columns.append(pa.FixedSizeBinaryArray.from_buffers(grid_type(self.grid_size), n, [None, pa.py_buffer(data)]))
         self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
         self.n_rows += n
         self.buffer.clear()

@@ -153,6 +153,20 @@ def test_preprocess_round_trips_and_normalises():
         Preprocess(224, 256, (0.5,) * 3, (0.5,) * 3, "nearest-ish")
 
 
+@pytest.mark.parametrize("size", [(160, 160), (640, 480), (333, 517), (224, 224), (225, 300)])
+@pytest.mark.parametrize("pre", [Preprocess(224, 232, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                                 Preprocess(299, 342, (0.5,) * 3, (0.5,) * 3, "bicubic")])
+def test_preprocess_equals_torchvision_transforms_exactly(size, pre):
+    """Preprocess does not import torchvision (1.4 s per stage); its result must be bit-identical."""
+    import torchvision.transforms.functional as TF
+    rng = np.random.default_rng(size[0])
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    mode = {"bilinear": TF.InterpolationMode.BILINEAR, "bicubic": TF.InterpolationMode.BICUBIC}[pre.interpolation]
+    ref = TF.center_crop(TF.resize(image, pre.resize, interpolation=mode), [pre.size, pre.size])
+    ref = TF.normalize(TF.pil_to_tensor(ref).float().div_(255.0), list(pre.mean), list(pre.std))
+    assert torch.equal(pre(image), ref)
+
+
 def test_optimize_for_inference_keeps_lite_features():
     """Folding batch-norm into the convs must not change what the features stage stores."""
     encoder = build_encoder(EncoderConfig("efficientnet_lite0", "pretrained"))

@@ -116,6 +116,28 @@ def test_grid_column_and_metadata(tmp_path, items):
     np.testing.assert_array_equal(table.lookup(order, spatial=True), table.grid[[table.ids.index(i) for i in order]])
 
 
+def test_maps_are_raw_float16_and_files_with_list_maps_still_load_and_reuse(tmp_path, items):
+    import pyarrow as pa
+    cfg = FeaturesConfig(batch_size=4, num_workers=0, device="cpu", runtime="torch", spatial="s32")
+    run(tmp_path, items[:4], cfg=cfg)
+    path = tmp_path / "features.parquet"
+    new = load_features(path, grid=True)
+    table = pq.read_table(path)
+    assert pa.types.is_fixed_size_binary(table.schema.field("grid").type)
+    raw = np.frombuffer(table.column("grid").chunk(0)[1].as_py(), "<f2")  # any reader can decode a row
+    np.testing.assert_array_equal(raw.reshape(new.grid.shape[1:]), new.grid[1])
+    # A file written before the maps were binary: the same maps as fixed-size lists of float16.
+    maps = pa.FixedSizeListArray.from_arrays(pa.array(new.grid.reshape(-1), pa.float16()), new.grid[0].size)
+    old = table.set_column(table.schema.get_field_index("grid"), "grid", maps)
+    pq.write_table(old.replace_schema_metadata(table.schema.metadata), path)
+    np.testing.assert_array_equal(load_features(path, grid=True).grid, new.grid)
+    stats = run(tmp_path, items[:6], cfg=cfg)
+    assert (stats["n_reused"], stats["n_encoded"]) == (4, 2)
+    again = load_features(path, grid=True)
+    assert pa.types.is_fixed_size_binary(pq.read_schema(path).field("grid").type)
+    np.testing.assert_array_equal(again.lookup([f"im{i}" for i in range(4)], spatial=True), new.grid)
+
+
 @pytest.mark.parametrize("level, shape", [("s16", [112, 14, 14]), ("s32", [320, 7, 7]), ("s16+s32", [432, 7, 7])])
 def test_spatial_levels_of_lite0(tmp_path, items, level, shape):
     run(tmp_path, items[:2], cfg=FeaturesConfig(batch_size=2, num_workers=0, device="cpu", spatial=level))

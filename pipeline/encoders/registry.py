@@ -9,6 +9,7 @@ size, the preprocessing, and where its pretrained weights come from.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 from collections import OrderedDict
@@ -16,9 +17,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
-import torchvision
-import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import nn
 
@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_INTERPOLATIONS = {"bilinear": TF.InterpolationMode.BILINEAR, "bicubic": TF.InterpolationMode.BICUBIC}
+# torchvision is imported only where its models are built: importing it costs every stage ~1.4 s.
+_INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
 @dataclass
@@ -78,10 +79,19 @@ class Preprocess:
                    std=tuple(map(float, d["std"])), interpolation=str(d.get("interpolation", "bilinear")))
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = TF.resize(image, self.resize, interpolation=_INTERPOLATIONS[self.interpolation])
-        image = TF.center_crop(image, [self.size, self.size])
-        x = TF.pil_to_tensor(image).float().div_(255.0)
-        return TF.normalize(x, list(self.mean), list(self.std))
+        """What torchvision's resize, center_crop, pil_to_tensor and normalize compute, in the
+        same order and arithmetic (tests/test_encoders.py compares them)."""
+        width, height = image.size
+        short, long = min(width, height), max(width, height)
+        new_long = int(self.resize * long / short)
+        size = (self.resize, new_long) if width <= height else (new_long, self.resize)
+        if size != (width, height):
+            image = image.resize(size, _INTERPOLATIONS[self.interpolation])
+        top, left = int(round((size[1] - self.size) / 2.0)), int(round((size[0] - self.size) / 2.0))
+        image = image.crop((left, top, left + self.size, top + self.size))
+        x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+        mean, std = (torch.tensor(v, dtype=x.dtype).view(-1, 1, 1) for v in (self.mean, self.std))
+        return x.sub_(mean).div_(std).contiguous()
 
 
 # --- trunk builders: (module mapping x -> (B, D, h, w), parameter-name prefixes of its blocks) --
@@ -97,6 +107,7 @@ def _lite_trunk(width: float, depth: float) -> Callable[[], tuple[nn.Module, Blo
 
 
 def _resnet50_trunk() -> tuple[nn.Module, Blocks]:
+    import torchvision
     net = torchvision.models.resnet50(weights=None)
     names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
     blocks = [(f"{layer}.{i}.",) for layer in names[4:] for i in range(len(getattr(net, layer)))]
@@ -105,6 +116,7 @@ def _resnet50_trunk() -> tuple[nn.Module, Blocks]:
 
 def _inception_v3_trunk() -> tuple[nn.Module, Blocks]:
     # Input normalisation lives in Preprocess (mean = std = 0.5), so transform_input stays off.
+    import torchvision
     net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=True, transform_input=False)
     layers = [(n, m) for n, m in net.named_children() if n not in ("AuxLogits", "avgpool", "dropout", "fc")]
     return nn.Sequential(OrderedDict(layers)), [(f"{n}.",) for n, _ in layers if n.startswith("Mixed")]
@@ -130,20 +142,25 @@ def _lite(n: int, width: float, depth: float, size: int) -> _Entry:
                   dropped=("_fc.",), head="_fc.")
 
 
+def _torchvision_models():
+    import torchvision.models
+    return torchvision.models
+
+
 _REGISTRY: dict[str, _Entry] = {
     "efficientnet_lite0": _lite(0, 1.0, 1.0, 224),
     "efficientnet_lite2": _lite(2, 1.1, 1.2, 260),
     "resnet50": _Entry(_resnet50_trunk, 2048, Preprocess(224, 232, IMAGENET_MEAN, IMAGENET_STD),
-                       torchvision_weights(lambda: torchvision.models.ResNet50_Weights.IMAGENET1K_V2, "resnet50")),
+                       torchvision_weights(lambda: _torchvision_models().ResNet50_Weights.IMAGENET1K_V2, "resnet50")),
     # The ResNet50 body of torchvision's COCO Faster R-CNN v2: same module tree as resnet50, so we
     # build only that and take the `backbone.body.` keys from the detector's weights.
     "resnet50_coco": _Entry(
         _resnet50_trunk, 2048, Preprocess(224, 256, IMAGENET_MEAN, IMAGENET_STD),
-        torchvision_weights(lambda: torchvision.models.detection.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
+        torchvision_weights(lambda: _torchvision_models().detection.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
                              "resnet50_coco"),
         head=None, source_prefix="backbone.body."),
     "inception_v3": _Entry(_inception_v3_trunk, 2048, Preprocess(299, 342, (0.5,) * 3, (0.5,) * 3),
-                           torchvision_weights(lambda: torchvision.models.Inception_V3_Weights.IMAGENET1K_V1,
+                           torchvision_weights(lambda: _torchvision_models().Inception_V3_Weights.IMAGENET1K_V1,
                                                 "inception_v3"),
                            dropped=("fc.", "AuxLogits.")),
 }
@@ -244,7 +261,8 @@ def build_encoder(cfg: EncoderConfig) -> Encoder:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # the same network every run, so its features cache stays valid
             trunk, blocks = entry.make_trunk()
-        weights_id = f"random-init(seed=0,torch={torch.__version__},torchvision={torchvision.__version__})"
+        versions = f"torch={torch.__version__},torchvision={importlib.metadata.version('torchvision')}"
+        weights_id = f"random-init(seed=0,{versions})"
         return Encoder(cfg.name, trunk, blocks, entry.feature_dim, preprocess, cfg.weights, weights_id)
     path, weights_id = _weights_file(cfg, entry)
     with torch.device("meta"):  # skip a random init that the weights replace anyway (seconds for Inception)
