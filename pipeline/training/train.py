@@ -199,7 +199,7 @@ def fit(source: FeatureSource, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
     broadcast_module(decoder)
     groups = [{"params": list(decoder.parameters()), "lr": cfg.lr}, *source.param_groups()]
     trainable = [p for group in groups for p in group["params"]]
-    # fused: one kernel for every parameter's update, 5.0 -> 1.3 ms a step on 2 cores (~2% of a step)
+    # fused: one kernel for every parameter's update, 5.1 -> 1.8 ms a step on 2 cores (bench/bench_train_step.py)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused_optimizer(device))
     if cfg.schedule_epochs and cfg.schedule_epochs < cfg.epochs:
         raise ValueError(f"train.schedule_epochs ({cfg.schedule_epochs}) must be 0 or at least train.epochs "
