@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -222,7 +223,9 @@ def _scenes_in_order(cfg: SceneConfig, image_dir: Path, names: list[str], worker
         for lo in starts:
             yield from _make_chunk(cfg, image_dir, names[lo: lo + chunk], lo)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # spawn, not fork: forking a process that already runs torch's or OpenVINO's thread pools
+    # (a test session, a notebook) can crash it; a spawned worker imports only this module.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         jobs = [pool.submit(_make_chunk, cfg, image_dir, names[lo: lo + chunk], lo) for lo in starts]
         for job in jobs:
             yield from job.result()
