@@ -15,9 +15,9 @@ def main() -> None:
     p.add_argument("--sample-images", type=int, default=24)
     args = p.parse_args()
     cfg = load_section(args.params, "scenes", SceneConfig)
-    generate_scenes(args.out, cfg)
+    generate_scenes(args.out, cfg, workers=0)  # one rendering process per core
     sample = SceneConfig(**{**vars(cfg), "n_images": args.sample_images, "seed": cfg.seed + 1_000_003})
-    generate_scenes(args.sample_out, sample)
+    generate_scenes(args.sample_out, sample, workers=0)
 
 
 if __name__ == "__main__":

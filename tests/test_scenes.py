@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from pipeline.config import build
-from pipeline.data import scenes
 from pipeline.data.scenes import SceneConfig, generate_scenes
 
 # The test's own idea of what each colour word looks like (deliberately not the
@@ -58,12 +57,23 @@ def test_same_config_gives_identical_bytes_and_other_seed_differs(tmp_path):
     assert jsonl[0] != jsonl[2] and image[0] != image[2]
 
 
-def test_worker_processes_write_the_same_bytes_as_one_process(tmp_path, monkeypatch):
-    monkeypatch.setattr(scenes, "RENDER_CHUNK", 7)  # 40 images: 6 jobs over 2 processes
+def test_worker_processes_write_the_same_bytes_as_one_process(tmp_path):
+    """Rendering in 2 processes, 6 jobs of 7 images, run in a fresh interpreter as the stage runs
+    (a pool started inside this long-lived test process crashed it in CI)."""
+    import subprocess
+    import sys
     cfg = SceneConfig(n_images=40, seed=5, languages=["en", "de"])
-    one = generate_scenes(tmp_path / "one", cfg, workers=1)
-    two = generate_scenes(tmp_path / "two", cfg, workers=2)
-    assert one == two
+    one = generate_scenes(tmp_path / "one", cfg)  # default: this process
+    code = ("import json, sys\nfrom pipeline.data import scenes\nif __name__ == '__main__':\n"
+            "    scenes.RENDER_CHUNK = 7\n"
+            "    cfg = scenes.SceneConfig(n_images=40, seed=5, languages=['en', 'de'])\n"
+            "    print(json.dumps(scenes.generate_scenes(sys.argv[1], cfg, workers=2)))\n")
+    script = tmp_path / "render.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "two")], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == json.loads(json.dumps(one))
     assert (tmp_path / "one/captions.jsonl").read_bytes() == (tmp_path / "two/captions.jsonl").read_bytes()
     names = sorted(p.name for p in (tmp_path / "one/images").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "two/images").iterdir()) and len(names) == 40

@@ -223,17 +223,19 @@ def _scenes_in_order(cfg: SceneConfig, image_dir: Path, names: list[str], worker
         for lo in starts:
             yield from _make_chunk(cfg, image_dir, names[lo: lo + chunk], lo)
         return
-    # spawn, not fork: forking a process that already runs torch's or OpenVINO's thread pools
-    # (a test session, a notebook) can crash it; a spawned worker imports only this module.
+    # spawn, not fork: a spawned worker starts clean and imports only this module.
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         jobs = [pool.submit(_make_chunk, cfg, image_dir, names[lo: lo + chunk], lo) for lo in starts]
         for job in jobs:
             yield from job.result()
 
 
-def generate_scenes(out_dir: Path, cfg: SceneConfig, workers: int = 0) -> dict:
+def generate_scenes(out_dir: Path, cfg: SceneConfig, workers: int = 1) -> dict:
     """Write out_dir/images/scene_NNNNN.png and out_dir/captions.jsonl; return stats.
-    workers: processes that render (0 = one per core); the files do not depend on it."""
+    workers: processes that render (0 = one per core); the files do not depend on it. The
+    stage, a process of its own, asks for one per core; the default stays in this process,
+    because a pool started from a long-lived process that already runs Ray or torch thread
+    pools crashed it (a test session, twice in four runs)."""
     validate(cfg)
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
