@@ -234,8 +234,7 @@ def generate_scenes(out_dir: Path, cfg: SceneConfig, workers: int = 1) -> dict:
     """Write out_dir/images/scene_NNNNN.png and out_dir/captions.jsonl; return stats.
     workers: processes that render (0 = one per core); the files do not depend on it. The
     stage, a process of its own, asks for one per core; the default stays in this process,
-    because a pool started from a long-lived process that already runs Ray or torch thread
-    pools crashed it (a test session, twice in four runs)."""
+    because forking a long-lived process that has run Ray (a test session) crashed it."""
     validate(cfg)
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
