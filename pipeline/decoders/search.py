@@ -69,6 +69,13 @@ def _banned(banned: Iterable[int], device: torch.device) -> torch.Tensor | None:
     return torch.tensor(ids, dtype=torch.long, device=device) if ids else None
 
 
+def _worth_dropping(done: int, rows: int) -> bool:
+    """Drop finished rows from the batch once they are an eighth of it: every later step then
+    runs on fewer rows, and dropping copies the state (the encoder memory included) only a few
+    times per batch. Rows are independent, so captions do not change (tests/test_decoding.py)."""
+    return done > 0 and 8 * done >= rows
+
+
 def greedy(model: nn.Module, features: torch.Tensor, start_id: int | torch.Tensor, end_id: int,
            max_len: int, banned: Iterable[int] = ()) -> Decoded:
     n, device = features.shape[0], features.device
@@ -78,16 +85,21 @@ def greedy(model: nn.Module, features: torch.Tensor, start_id: int | torch.Tenso
     out = torch.full((n, max_len), end_id, dtype=torch.long, device=device)
     logprob = torch.zeros(n, device=device)
     length = torch.zeros(n, dtype=torch.long, device=device)
+    rows = torch.arange(n, device=device)  # the input row of each row still decoded
     alive = torch.ones(n, dtype=torch.bool, device=device)
     for t in range(max_len):
         logp, state = _step(model, tokens, state, banned)
         best, tokens = logp.max(dim=-1)
-        logprob += best * alive  # a finished caption scores nothing more
-        length += alive
-        out[:, t] = tokens
+        logprob[rows] += best * alive  # a finished caption scores nothing more
+        length[rows] += alive
+        out[rows, t] = tokens
         alive &= tokens != end_id
-        if not alive.any():  # one sync per step, not one .item() per image
+        left = int(alive.sum())  # one sync per step, not one .item() per image
+        if left == 0:
             break
+        if _worth_dropping(len(rows) - left, len(rows)):
+            keep = alive.nonzero().squeeze(1)
+            rows, tokens, alive, state = rows[keep], tokens[keep], alive[keep], model.select(state, keep)
     return _finish(out, logprob, length, end_id)
 
 
@@ -95,7 +107,8 @@ def beam_search(model: nn.Module, features: torch.Tensor, start_id: int | torch.
                 max_len: int, beam_size: int, length_penalty: float, banned: Iterable[int] = ()) -> Decoded:
     """Standard beam search over (images x beams) at once. A finished beam stays in the beam
     with a frozen score (it can only be extended by <end> at zero cost), and candidates are
-    ranked by score / length**length_penalty, so long and short captions compete fairly."""
+    ranked by score / length**length_penalty, so long and short captions compete fairly. An
+    image whose beams have all finished can no longer change: it leaves the batch."""
     n, k, device = features.shape[0], beam_size, features.device
     banned = _banned(banned, device)
     # row = image * k + beam
@@ -106,11 +119,22 @@ def beam_search(model: nn.Module, features: torch.Tensor, start_id: int | torch.
     lengths = torch.zeros(n, k, device=device)
     finished = torch.zeros(n, k, dtype=torch.bool, device=device)
     history = torch.zeros(n, k, 0, dtype=torch.long, device=device)
-    image_offset = torch.arange(n, device=device).unsqueeze(1) * k
+    images = torch.arange(n, device=device)  # the input image of each image still decoded
+    out = torch.full((n, max_len), end_id, dtype=torch.long, device=device)
+    out_score, out_length = torch.zeros(n, device=device), torch.zeros(n, dtype=torch.long, device=device)
+
+    def keep_best(which: torch.Tensor) -> None:  # the final caption of images[which]
+        ranked = scores[which] / lengths[which].clamp(min=1) ** length_penalty
+        best = ranked.argmax(dim=-1, keepdim=True)
+        out[images[which], : history.shape[-1]] = history[which].gather(
+            1, best.unsqueeze(-1).expand(-1, 1, history.shape[-1])).squeeze(1)
+        out_score[images[which]] = scores[which].gather(1, best).squeeze(1)
+        out_length[images[which]] = lengths[which].gather(1, best).squeeze(1).long()
+
     for _ in range(max_len):
         logp, state = _step(model, tokens, state, banned)
         vocab = logp.shape[-1]
-        logp = logp.view(n, k, vocab)
+        logp = logp.view(len(images), k, vocab)
         # Finished beams: the only continuation is <end> again, at no cost, length unchanged.
         frozen = torch.full((vocab,), float("-inf"), device=device)
         frozen[end_id] = 0.0
@@ -118,20 +142,27 @@ def beam_search(model: nn.Module, features: torch.Tensor, start_id: int | torch.
         candidates = scores.unsqueeze(-1) + logp  # (n, k, V)
         new_len = (lengths + (~finished)).unsqueeze(-1).expand_as(candidates)
         ranked = candidates / new_len.clamp(min=1) ** length_penalty
-        _, flat = ranked.reshape(n, -1).topk(k, dim=-1)
+        _, flat = ranked.reshape(len(images), -1).topk(k, dim=-1)
         beam, word = flat // vocab, flat % vocab
-        scores = candidates.reshape(n, -1).gather(1, flat)
-        lengths = new_len.reshape(n, -1).gather(1, flat)
+        scores = candidates.reshape(len(images), -1).gather(1, flat)
+        lengths = new_len.reshape(len(images), -1).gather(1, flat)
         finished = finished.gather(1, beam) | (word == end_id)
         history = torch.cat([history.gather(1, beam.unsqueeze(-1).expand_as(history)), word.unsqueeze(-1)], -1)
-        rows = (beam + image_offset).view(-1)
-        state = model.select(state, rows)
-        tokens = word.view(-1)
-        if finished.all():
+        rows = beam + torch.arange(len(images), device=device).unsqueeze(1) * k  # (images, k)
+        tokens = word
+        done = finished.all(dim=1)
+        n_done = int(done.sum())  # one sync per step
+        if n_done == len(images):
             break
-    best = (scores / lengths.clamp(min=1) ** length_penalty).argmax(dim=-1)
-    chosen = torch.arange(n, device=device), best
-    return _finish(history[chosen], scores[chosen], lengths[chosen].long(), end_id)
+        if _worth_dropping(n_done, len(images)):
+            keep_best(done)
+            keep = (~done).nonzero().squeeze(1)
+            images, scores, lengths, finished, history = (x[keep] for x in (images, scores, lengths, finished, history))
+            rows, tokens = rows[keep], tokens[keep]
+        state = model.select(state, rows.view(-1))
+        tokens = tokens.view(-1)
+    keep_best(torch.arange(len(images), device=device))
+    return _finish(out, out_score, out_length, end_id)
 
 
 def _finish(out: torch.Tensor, logprob: torch.Tensor, length: torch.Tensor, end_id: int) -> Decoded:

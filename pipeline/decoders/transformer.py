@@ -16,11 +16,11 @@ MAX_POSITIONS = 64  # caption tokens incl. <start>; train.max_len is 22 by defau
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
-    """Scaled dot-product attention. When training on a CPU, two matmuls and a softmax: for
-    these short sequences (~13 queries against 13 or 49 keys) forward + backward take about half
-    the time of SDPA's CPU flash kernel (2-core measurement, README: Performance). Elsewhere
-    SDPA: its fused kernels win on a GPU, and decoding keeps the kernel its figures were made with."""
-    if q.device.type != "cpu" or not torch.is_grad_enabled():
+    """Scaled dot-product attention. On a CPU, two matmuls and a softmax: for these short
+    sequences (~13 queries against 13 or 49 keys in training, one query per step in decoding)
+    they take about half the time of SDPA's CPU flash kernel, forward and backward (2-core
+    measurement, README: Performance). On a GPU, SDPA: its fused kernels win there."""
+    if q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
     if causal:
