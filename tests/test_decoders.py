@@ -8,6 +8,7 @@ import torch
 
 from pipeline.decoders import DECODERS, DecoderConfig, ShowTell, build_decoder, decoder_from_spec
 from pipeline.decoders.search import decode
+from pipeline.decoders.transformer import CACHE_START
 
 PAD, START, END, UNK = 0, 1, 2, 3
 VOCAB = 13
@@ -55,6 +56,17 @@ def test_forward_shapes_and_spatial_flag(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_every_parameter_shapes_the_output(name):
+    """A layer left out of the forward pass (and of start/step alike, so their equality test
+    cannot see it) would still be trained, saved and loaded: its weights must get a gradient."""
+    model = make(name).train()
+    feats, caps = features_for(model, 3), captions(3, 6)
+    (model(feats, caps).square().sum() + model.aux_loss()).backward()
+    unused = [key for key, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not unused
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_float16_features_are_cast(name):
     model = make(name)
     feats = features_for(model, 2).half()
@@ -65,7 +77,8 @@ def test_float16_features_are_cast(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_incremental_decoding_equals_teacher_forcing(name):
     model = make(name)
-    feats, caps = features_for(model, 4), captions(4, 8)
+    # Longer than the transformer's first key/value buffers (CACHE_START): they grow on the way.
+    feats, caps = features_for(model, 4), captions(4, CACHE_START + 6)
     with torch.no_grad():
         forced = torch.log_softmax(model(feats, caps), dim=-1)
         state = model.start(feats)

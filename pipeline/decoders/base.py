@@ -95,4 +95,6 @@ def take_rows(state: dict, rows: torch.Tensor, per_image: tuple[str, ...]) -> di
 def _index(value, rows: torch.Tensor):
     if isinstance(value, torch.Tensor):
         return value.index_select(0, rows)
+    if isinstance(value, int):  # a count shared by all rows (positions already decoded)
+        return value
     return type(value)(_index(v, rows) for v in value)  # lists/tuples of per-layer tensors

@@ -69,7 +69,7 @@ def _banned(banned: Iterable[int], device: torch.device) -> torch.Tensor | None:
     return torch.tensor(ids, dtype=torch.long, device=device) if ids else None
 
 
-def _worth_dropping(done: int, rows: int) -> bool:
+def worth_dropping(done: int, rows: int) -> bool:
     """Drop finished rows from the batch once they are an eighth of it: every later step then
     runs on fewer rows, and dropping copies the state (the encoder memory included) only a few
     times per batch. Rows are independent, so captions do not change (tests/test_decoding.py)."""
@@ -97,7 +97,7 @@ def greedy(model: nn.Module, features: torch.Tensor, start_id: int | torch.Tenso
         left = int(alive.sum())  # one sync per step, not one .item() per image
         if left == 0:
             break
-        if _worth_dropping(len(rows) - left, len(rows)):
+        if worth_dropping(len(rows) - left, len(rows)):
             keep = alive.nonzero().squeeze(1)
             rows, tokens, alive, state = rows[keep], tokens[keep], alive[keep], model.select(state, keep)
     return _finish(out, logprob, length, end_id)
@@ -154,7 +154,7 @@ def beam_search(model: nn.Module, features: torch.Tensor, start_id: int | torch.
         n_done = int(done.sum())  # one sync per step
         if n_done == len(images):
             break
-        if _worth_dropping(n_done, len(images)):
+        if worth_dropping(n_done, len(images)):
             keep_best(done)
             keep = (~done).nonzero().squeeze(1)
             images, scores, lengths, finished, history = (x[keep] for x in (images, scores, lengths, finished, history))

@@ -35,7 +35,7 @@ from typing import Callable, Hashable, Iterable, Sequence
 import torch
 from torch import nn
 
-from pipeline.decoders.search import checked_banned_ids, greedy, start_tokens
+from pipeline.decoders.search import checked_banned_ids, greedy, start_tokens, worth_dropping
 from pipeline.distributed.ddp import all_sum, average_gradients, broadcast, shard
 from pipeline.training.cider_d import CiderD
 
@@ -86,6 +86,7 @@ def sample(decoder: nn.Module, features: torch.Tensor, start_id: int | torch.Ten
     state = decoder.select(state, torch.arange(features.shape[0], device=device).repeat_interleave(n_samples))
     banned = torch.as_tensor(banned_ids, dtype=torch.long, device=device)
     tokens = start_tokens(start_id, features.shape[0], device, repeat=n_samples)
+    rows = torch.arange(total, device=device)  # the samples still drawn (finished ones leave the batch)
     alive = torch.ones(total, dtype=torch.bool, device=device)
     words, logps, masks = [], [], []
     for _ in range(max_len):
@@ -95,12 +96,17 @@ def sample(decoder: nn.Module, features: torch.Tensor, start_id: int | torch.Ten
         with torch.no_grad():
             tokens = torch.multinomial(logp.detach().exp(), 1, generator=generator).squeeze(1)
         chosen = logp.gather(1, tokens.unsqueeze(1)).squeeze(1)
-        masks.append(alive)
-        logps.append(torch.where(alive, chosen, torch.zeros_like(chosen)))
-        words.append(torch.where(alive, tokens, torch.full_like(tokens, pad_id)))
+        masks.append(torch.zeros(total, dtype=torch.bool, device=device).index_put((rows,), alive))
+        logps.append(chosen.new_zeros(total).index_put((rows,), torch.where(alive, chosen, torch.zeros_like(chosen))))
+        words.append(torch.full((total,), pad_id, dtype=tokens.dtype, device=device).index_put(
+            (rows,), torch.where(alive, tokens, torch.full_like(tokens, pad_id))))
         alive = alive & (tokens != end_id)
-        if not alive.any():  # one sync per step
+        left = int(alive.sum())  # one sync per step
+        if left == 0:
             break
+        if worth_dropping(len(rows) - left, len(rows)):
+            keep = alive.nonzero().squeeze(1)
+            rows, tokens, alive, state = rows[keep], tokens[keep], alive[keep], decoder.select(state, keep)
     return torch.stack(words, 1), torch.stack(logps, 1), torch.stack(masks, 1)
 
 
@@ -158,7 +164,7 @@ def scst_loss(decoder: nn.Module, features: torch.Tensor, image_refs: Sequence, 
     samples. Normalised per sample, not per token: that is the unbiased estimate of the gradient
     of the expected reward; dividing by tokens would weigh each short sample's tokens more.
     The reward is a constant: gradients flow only through the sampled tokens' log-probs.
-    amp_dtype: autocast dtype of the teacher-forced pass (train.precision); sampling stays float32."""
+    amp_dtype: autocast dtype of sampling and of the teacher-forced pass (train.precision)."""
     if len(image_refs) != features.shape[0]:
         raise ValueError(f"{features.shape[0]} images of features but {len(image_refs)} reference lists")
     for end in {s.end for s in _each(scorer, 1)}:
@@ -168,10 +174,11 @@ def scst_loss(decoder: nn.Module, features: torch.Tensor, image_refs: Sequence, 
     if n_samples < 2:
         raise ValueError(f"SCST's leave-one-out baseline needs n_samples >= 2, got {n_samples}")
     # Sample without a graph, then score the samples in one teacher-forced pass: backward through
-    # ~20 incremental steps of small ops cost 3x the whole pass on a 2-core CPU.
-    with torch.no_grad():
-        tokens, _, mask = sample(decoder, features, start_id, end_id, max_len, n_samples, banned_ids, generator)
+    # ~20 incremental steps of small ops cost 3x the whole pass on a 2-core CPU. Both under the
+    # same autocast: the policy sampled is the one whose log-probs are trained.
     with torch.autocast(features.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with torch.no_grad():
+            tokens, _, mask = sample(decoder, features, start_id, end_id, max_len, n_samples, banned_ids, generator)
         logp = sequence_log_probs(decoder, features, tokens, mask, n_samples, start_id, end_id, banned_ids)
     rewards = sample_rewards(scorer, tokens, mask, image_refs, n_samples, words)
     baseline = leave_one_out_baseline(rewards)
