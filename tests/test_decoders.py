@@ -259,9 +259,14 @@ def test_dropout_keeps_the_expected_value_and_is_the_identity_in_eval_mode():
     x = torch.full((200_000,), 2.0)
     drop = Dropout(0.3)
     y = drop(x)
-    assert abs((y == 0).float().mean().item() - 0.3) < 0.01
-    assert torch.allclose(y[y != 0], torch.tensor(2.0 / 0.7))
-    assert abs(y.mean().item() - 2.0) < 0.02
+    p = 77 / 256  # 0.3 rounded to 1/256
+    assert abs((y == 0).float().mean().item() - p) < 0.005
+    assert torch.allclose(y[y != 0], torch.tensor(2.0 / (1 - p)))
+    assert abs(y.mean().item() - 2.0) < 0.01
+    for rate in (0.1, 0.5, 0.9):  # every byte value equally likely: the drop rate is p at any threshold
+        assert abs((Dropout(rate)(x) == 0).float().mean().item() - round(rate * 256) / 256) < 0.005
+    z = drop(torch.full((7, 3), 1.0))  # sizes that are not a multiple of 8
+    assert z.shape == (7, 3) and set(z.unique().tolist()) <= {0.0, torch.tensor(1 / (1 - p)).item()}
     assert not torch.equal(drop(x), y)  # a new mask each call
     drop.eval()
     assert drop(x) is x

@@ -22,16 +22,24 @@ class DecoderConfig:
 
 
 class Dropout(nn.Dropout):
-    """nn.Dropout with its mask drawn by torch.rand_like instead of bernoulli_: the same
-    function, about twice as fast on a CPU, where bernoulli_ was 9% of a transformer training
-    step (2-core profile, README: Performance). No state, so checkpoints are unchanged."""
+    """nn.Dropout with its mask drawn from random bytes, eight per 64-bit draw of the generator,
+    instead of one float per element: ~0.1 ms against ~1 ms (rand_like) and ~2 ms (nn.Dropout's
+    bernoulli_) for a 64x13x256 activation on a CPU, where masks were 7-9% of a transformer
+    training step (2-core profile, README: Performance). p is rounded to 1/256 (0.3 drops
+    77/256 = 0.301); the kept values are scaled by 1 / (1 - that), so the expectation is kept.
+    No state, so checkpoints are unchanged."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        if self.p == 1:
+        threshold = round(self.p * 256)
+        if threshold >= 256:
             return torch.zeros_like(x)
-        keep = (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1 / (1 - self.p))
+        n = x.numel()
+        # The full int64 range: random_() alone leaves the top bit of each draw at 0.
+        draws = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device).random_(-2 ** 63, 2 ** 63 - 1)
+        random_bytes = draws.view(torch.uint8)[:n].view(x.shape)
+        keep = (random_bytes >= threshold).to(x.dtype).mul_(256 / (256 - threshold))
         return x * keep
 
 
