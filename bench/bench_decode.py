@@ -13,6 +13,7 @@ beside it): git worktree add /tmp/old <commit> && cp bench/bench_decode.py /tmp/
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -36,6 +37,8 @@ def main() -> None:
     p.add_argument("--images", type=int, default=320, help="cached maps decoded per repeat")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = every core)")
+    p.add_argument("--captions", type=Path, help="JSON file: written with this code's greedy and beam captions "
+                   "when absent, else compared with them (run it from two commits: are the captions the same?)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,6 +75,22 @@ def main() -> None:
     print(f"{len(feats)} cached maps {tuple(feats.shape[1:])}, {torch.get_num_threads()} threads, images/s:")
     for name, values in figures.items():
         print(f"  {name:38s} best {max(values):6.1f}  median {statistics.median(values):6.1f}")
+    if args.captions:
+        compare_captions(args.captions, {f"beam {beam}": [vocab.decode(t) for lo in range(0, len(feats), 32)
+                                                          for t in decode(decoder, feats[lo: lo + 32], vocab.start_id,
+                                                                          vocab.end_id, 20, beam, 0.7, banned).tokens]
+                                         for beam in (1, 3)})
+
+
+def compare_captions(path: Path, captions: dict[str, list[str]]) -> None:
+    if not path.exists():
+        path.write_text(json.dumps(captions))
+        print(f"captions written to {path}")
+        return
+    before = json.loads(path.read_text())
+    for key, now in captions.items():
+        same = sum(a == b for a, b in zip(before[key], now))
+        print(f"  {key}: {same} / {len(now)} captions identical to {path}")
 
 
 if __name__ == "__main__":
