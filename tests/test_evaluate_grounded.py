@@ -94,6 +94,11 @@ def test_per_image_columns_and_sheet_items(scenes_run, tmp_path):
     a = per_image.set_index("image_id").loc["images/a.png"]  # beam caption: colours swapped
     assert a.object_precision == 0.0 and not a.exact_set
     assert list(a.wrong_words) == ["blue", "to", "the", "left", "of", "red"]
+    # the greedy caption beside it, right about the image
+    assert a.greedy_caption == "a red circle to the left of a blue square" and a.greedy_exact_set
+    assert list(a.greedy_wrong_words) == []
+    c = per_image.set_index("image_id").loc["images/c.png"]
+    assert c.greedy_caption == "a red circle on the left" and c.caption == "a red circle on the right"
     per_image.to_parquet(tmp_path / "captions.parquet", index=False)  # the columns must store
     items = sheet_items(per_image, manifest(True), tmp_path, 4)
     assert [i["image_id"] for i in items] == ["images/a.png", "images/b.png"]
@@ -105,6 +110,7 @@ def test_data_without_objects_has_no_grounded_block():
     metrics, per_image, _ = run(with_objects=False)
     assert all("grounded" not in block for split in metrics.values() for block in split.values())
     assert "object_precision" not in per_image.columns
+    assert "greedy_exact_set" not in per_image.columns and "greedy_caption" in per_image.columns
 
 
 def test_scenes_objects_reach_the_manifest_and_other_jsonl_has_none(tmp_path):

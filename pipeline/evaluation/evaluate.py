@@ -98,7 +98,8 @@ def evaluate(captioner: Captioner, manifest: pd.DataFrame, table: FeatureTable,
              cfg: EvaluateConfig, image_root: str | Path | None = None) -> tuple[dict, pd.DataFrame, dict]:
     """Metrics per split and decoding ({"test": {"greedy": {...}, "beam": {...}}, ...}, and
     "by_language" for a model of several languages), the per-image table (beam captions with
-    their scores; greedy ones for the other languages) and what produced the figures.
+    their scores, and the greedy ones with their grounded verdict; greedy ones for the other
+    languages) and what produced the figures.
     Features come from `table` when the checkpoint's encoder is the one that made it; otherwise
     (a fine-tuned encoder) from the images under `image_root`, encoded by the checkpoint's encoder."""
     manifest = manifest[manifest.image_id.isin(set(table.ids))]
@@ -161,7 +162,8 @@ def score_language(captioner: Captioner, rows: pd.DataFrame, features: torch.Ten
                    asked: str | None) -> tuple[dict, pd.DataFrame, dict] | None:
     """One split in one language: captions of the images that have captions in it, for each
     decoding (name, beam size), scored against those captions only. Returns the figures per
-    decoding, the per-image table of the last decoding and what produced the figures; None when
+    decoding, the per-image table of the last decoding (with `<decoding>_caption`, `_exact_set`
+    and `_wrong_words` columns of the earlier ones) and what produced the figures; None when
     no image has a caption in `language`. `asked`: the language to ask the captioner for (None:
     its default)."""
     refs_in = captions_in(rows, language)
@@ -172,7 +174,7 @@ def score_language(captioner: Captioner, rows: pd.DataFrame, features: torch.Ten
         rows, features, refs_in = rows.iloc[have].reset_index(drop=True), features[have], [refs_in[j] for j in have]
     refs = dict(zip(rows.image_id, refs_in))
     train_captions = [c for captions in captions_in(train_rows, language) for c in captions]
-    figures = {}
+    figures, outputs = {}, {}
     for decoding, beam in decodings:
         captions, confidence = generate(captioner, features, beam, cfg.batch_size, asked)
         hyps = dict(zip(rows.image_id, captions))
@@ -181,6 +183,7 @@ def score_language(captioner: Captioner, rows: pd.DataFrame, features: torch.Ten
         grounded = grounded_scores(rows, captions, language)
         if grounded is not None:
             figures[decoding]["grounded"] = aggregate([g for g in grounded if g is not None])
+        outputs[decoding] = captions, grounded
     per_image = pd.DataFrame({
         "split": rows.split.iloc[0], "image_id": rows.image_id, "path": rows.path, "caption": captions,
         "mean_logprob": confidence, "references": list(refs.values()),
@@ -191,6 +194,12 @@ def score_language(captioner: Captioner, rows: pd.DataFrame, features: torch.Ten
         per_image["object_precision"] = [g.object_precision if g else None for g in grounded]
         per_image["exact_set"] = [g.exact_set if g else None for g in grounded]
         per_image["wrong_words"] = [g.wrong_words if g else [] for g in grounded]
+    # The earlier decodings' captions too (greedy beside beam), each with its grounded verdict.
+    for other, (other_captions, other_grounded) in list(outputs.items())[:-1]:
+        per_image[f"{other}_caption"] = other_captions
+        if other_grounded is not None:
+            per_image[f"{other}_exact_set"] = [g.exact_set if g else None for g in other_grounded]
+            per_image[f"{other}_wrong_words"] = [g.wrong_words if g else [] for g in other_grounded]
     info = {"implementation": report.implementation, "skipped": report.skipped, "scale": report.scale,
             "backend": report.backend}
     return figures, per_image, info
