@@ -129,6 +129,10 @@ def test_resume_after_an_interrupted_ray_run(ray_cluster, checkpoint, tmp_path):
     kept_ok = {r["path"] for r in kept if r["status"] == "ok"}
     assert summary["reused"] == len(kept_ok) and summary["new"] == 8 - len(kept)
     assert summary["captioned"] == 7 - len(kept_ok) and summary["failed"] == 1
+    # Captions cut at max_len are counted as the local engine counts them: those this run made,
+    # not the reused ones nor the error row (this checkpoint never ends a caption: all are cut).
+    lengths = [len(r["caption"].split()) for p, r in by_path(out).items() if r["status"] == "ok" and p not in kept_ok]
+    assert summary["cut_at_max_len"] == sum(n >= CFG["max_len"] for n in lengths) > 0  # one word a token here
     assert not parts_dir_for(out).exists()
     caption_directory(images, tmp_path / "local.parquet", checkpoint, CaptionConfig(**CFG))
     assert by_path(out) == by_path(tmp_path / "local.parquet")

@@ -63,6 +63,9 @@ def process_group(device_type: str) -> Iterator[None]:
     logger.info("rank %d of %d (%s, %d torch threads)", rank(), world_size(), backend, torch.get_num_threads())
     try:
         yield
+        # Every rank done before any tears the group down: in one CI run a rank that left first
+        # was aborted in gloo's teardown ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

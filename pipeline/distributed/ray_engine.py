@@ -53,7 +53,8 @@ _FILES = pa.schema([("key", pa.string()), ("escaped", pa.bool_()), ("path", pa.s
                     ("prev_hash", pa.string()), ("prev_same", pa.bool_())])
 _DECODED = pa.schema([("key", pa.string()), ("escaped", pa.bool_()), ("digest", pa.string()), ("reason", pa.string()),
                       ("error", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("image", pa.binary())])
-_ROWS = SCHEMA.append(pa.field("reason", pa.string()))  # reused files come back as a reason only
+# Reused files come back as a reason only; `cut`: the caption reached max_len before <end>.
+_ROWS = SCHEMA.append(pa.field("reason", pa.string())).append(pa.field("cut", pa.bool_()))
 
 
 def _file_table(files: list[ImageFile], previous: dict[Key, Previous]) -> pa.Table:
@@ -116,14 +117,13 @@ class _CaptionActor:
         self.shape = (3, size, size)
         self.encoding, self.decoding = threading.Lock(), threading.Lock()
 
-    def _caption(self, images: torch.Tensor) -> list[tuple[str, float]]:
+    def _caption(self, images: torch.Tensor) -> list[tuple[str, float, bool]]:
         # With two calls at once (Plan.pool), one encodes its batch while the other beam-searches
         # (both release the GIL), as the local engine overlaps them; one of each at a time.
         with self.encoding:
             features = self.captioner.encode(images)
         with self.decoding:
-            captions, confidence = self.captioner.caption_features(features)
-        return list(zip(captions, confidence))
+            return list(zip(*self.captioner.caption_features_and_cut(features)))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -134,7 +134,7 @@ class _CaptionActor:
                 file = ImageFile(Path(), r["key"], r["escaped"])
                 row = {key: None for key in SCHEMA.names} if r["reason"] == "reused" else \
                     _row(file, self.identity, r["digest"], error=r["error"], language=self.captioner.language)
-                out.append({**row, "reason": r["reason"]})
+                out.append({**row, "reason": r["reason"], "cut": False})
         if decoded:
             images = np.stack([np.frombuffer(r["image"], np.float32) for r in decoded]).reshape(-1, *self.shape)
             for r, result in zip(decoded, each_or_error(self._caption, torch.from_numpy(images))):
@@ -144,14 +144,14 @@ class _CaptionActor:
                     if isinstance(result, Failure) else \
                     _row(file, self.identity, r["digest"], caption=result[0], confidence=result[1], size=size,
                          language=language)
-                out.append({**row, "reason": r["reason"]})
+                out.append({**row, "reason": r["reason"], "cut": not isinstance(result, Failure) and result[2]})
         return pa.Table.from_pylist(out, schema=_ROWS)
 
 
 def _caption_files(ray, files: list[ImageFile], fs, preprocess: Preprocess, actor_args: dict, plan: Plan,
                    options: RayOptions, cfg: CaptionConfig, previous: dict[Key, Previous], writer: PartWriter,
                    progress: Callable[[int, int], None] | None) -> dict:
-    stats = {"captioned": 0, "errors": 0, **{reason: 0 for reason in REASONS}}
+    stats = {"captioned": 0, "errors": 0, **{reason: 0 for reason in REASONS}, "cut_at_max_len": 0}
     started, first, seen, last_log = time.time(), None, 0, time.time()
     table = _file_table(files, previous)
     ds = ray.data.from_arrow([table.slice(i, cfg.batch_size) for i in range(0, len(files), cfg.batch_size)])
@@ -167,6 +167,7 @@ def _caption_files(ray, files: list[ImageFile], fs, preprocess: Preprocess, acto
             for row in batch.to_pylist():
                 reason = row.pop("reason")
                 stats[reason] += 1
+                stats["cut_at_max_len"] += bool(row.pop("cut"))
                 if reason != "reused":
                     writer.add(row)
                     stats["captioned" if row["status"] == "ok" else "errors"] += 1
@@ -234,7 +235,8 @@ def caption_directory_ray(images_dir: str | Path, out_path: str | Path, checkpoi
             writer = PartWriter(parts_dir, next_seq, cfg.part_size)
             stats = _caption_files(ray, files, fs, preprocess, actor_args, plan, options, cfg, previous, writer,
                                    progress) if files else {"captioned": 0, "errors": 0, "caption_seconds": 0.0,
-                                                            "first_rows_seconds": 0.0, **dict.fromkeys(REASONS, 0)}
+                                                            "first_rows_seconds": 0.0, **dict.fromkeys(REASONS, 0),
+                                                            "cut_at_max_len": 0}
         del previous
         tmp = parts_dir / "merged.parquet.tmp"
         keep = unlisted_keeper(Path(images_dir), list(unlisted.values())) if unlisted else None
@@ -264,6 +266,10 @@ def caption_directory_ray(images_dir: str | Path, out_path: str | Path, checkpoi
                 "(%.1fs, %.1f images/s; Ray start %.1fs, model identity %.1fs)", summary["listed"],
                 *(summary[r] for r in REASONS), summary["captioned"], summary["failed"], out_path, seconds,
                 summary["images_per_second"], init_seconds, probe_seconds)
+    if summary["cut_at_max_len"]:
+        logger.warning("caption-batch (ray): %d of %d captions reached max_len=%d tokens before ending and are cut: "
+                       "rerun with a larger --max-len (caption.max_len)", summary["cut_at_max_len"],
+                       summary["captioned"], cfg.max_len)
     if unlisted:
         logger.error("caption-batch: listing incomplete, could not list %s; their earlier rows (%d) are kept; "
                      "rerun once they are readable", ", ".join(unlisted), counts["kept_unlisted"])

@@ -230,10 +230,17 @@ class Captioner:
     def caption_features(self, features: torch.Tensor, beam_size: int | None = None,
                          language: str | None = None) -> tuple[list[str], list[float]]:
         """Encoded images (what encode() returns) -> captions and their mean token log-probabilities."""
+        captions, confidence, _ = self.caption_features_and_cut(features, beam_size, language)
+        return captions, confidence
+
+    def caption_features_and_cut(self, features: torch.Tensor, beam_size: int | None = None,
+                                 language: str | None = None) -> tuple[list[str], list[float], list[bool]]:
+        """caption_features, and for each caption whether max_len cut it (also counted in cut_captions)."""
         out = self.decode_features(features, beam_size, language)
         # max_len steps, one token each: a caption of max_len tokens never had room for <end>
-        self.cut_captions += sum(len(t) >= self.max_len for t in out.tokens)
-        return [self.vocab.decode(t) for t in out.tokens], out.mean_logprob
+        cut = [len(t) >= self.max_len for t in out.tokens]
+        self.cut_captions += sum(cut)
+        return [self.vocab.decode(t) for t in out.tokens], out.mean_logprob, cut
 
     def caption_tensors(self, images: torch.Tensor, beam_size: int | None = None,
                         language: str | None = None) -> tuple[list[str], list[float]]:
