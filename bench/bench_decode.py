@@ -1,6 +1,7 @@
 """Decoding speed on cached features: greedy and beam search as evaluate and caption-batch run
 them (batches of 32), and SCST's sampling (64 images x 5 samples) in float32 and under the
-training autocast. Images/s, best and median of --repeats, the variants interleaved.
+training autocast. Images/s, best and median of --repeats, the variants interleaved. Then one
+decoding step's attention with SDPA against the matmuls of `attend`, at the decoding sizes.
 
     .venv/bin/python bench/bench_decode.py                      # models/model.pt, data/features.parquet
     .venv/bin/python bench/bench_decode.py --model M --features F --images 512
@@ -75,11 +76,36 @@ def main() -> None:
     print(f"{len(feats)} cached maps {tuple(feats.shape[1:])}, {torch.get_num_threads()} threads, images/s:")
     for name, values in figures.items():
         print(f"  {name:38s} best {max(values):6.1f}  median {statistics.median(values):6.1f}")
+    attention_kernels(args.repeats)
     if args.captions:
         compare_captions(args.captions, {f"beam {beam}": [vocab.decode(t) for lo in range(0, len(feats), 32)
                                                           for t in decode(decoder, feats[lo: lo + 32], vocab.start_id,
                                                                           vocab.end_id, 20, beam, 0.7, banned).tokens]
                                          for beam in (1, 3)})
+
+
+def attention_kernels(repeats: int) -> None:
+    """One decoding step's attention (one query per row, 8 heads of 32) with SDPA's CPU kernel
+    and with pipeline.decoders.transformer.attend: beam search's 96 rows, SCST's 320, against
+    12 cached keys (self-attention) or the 49 memory tokens (cross-attention). Milliseconds."""
+    import torch.nn.functional as F
+
+    from pipeline.decoders.transformer import attend
+    print("one decoding step's attention, ms (best of rounds): SDPA / attend (matmuls)")
+    for rows in (96, 320):
+        for keys in (12, 49):
+            q, k, v = torch.randn(rows, 8, 1, 32), torch.randn(rows, 8, keys, 32), torch.randn(rows, 8, keys, 32)
+            best = {"SDPA": float("inf"), "attend": float("inf")}
+            with torch.inference_mode():
+                for _ in range(repeats):
+                    for name, fn in (("SDPA", lambda: F.scaled_dot_product_attention(q, k, v)),
+                                     ("attend", lambda: attend(q, k, v, causal=False))):
+                        fn()
+                        start = time.perf_counter()
+                        for _ in range(50):
+                            fn()
+                        best[name] = min(best[name], (time.perf_counter() - start) / 50 * 1e3)
+            print(f"  {rows:3d} rows x {keys:2d} keys                     {best['SDPA']:.2f} / {best['attend']:.2f}")
 
 
 def compare_captions(path: Path, captions: dict[str, list[str]]) -> None:
