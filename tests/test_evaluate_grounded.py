@@ -140,8 +140,9 @@ def test_summary_prints_one_row_per_split_and_decoding(scenes_run, tmp_path, cap
     rows = {tuple(line.split()[:2]): line.split()[2:] for line in lines[2:]}
     assert set(rows) == {("test", "greedy"), ("test", "beam"), ("novel", "greedy"), ("novel", "beam")}
     # By position: headers such as "obj P" hold a space.
-    cells = dict(zip(["bleu", "cider", "meteor", "P", "R", "rel", "exact", "e1", "e2", "e3"], rows[("test", "beam")]))
-    assert cells["P"] == "0.333" and cells["rel"] == "0.000" and cells["e3"] == "-"
+    cells = dict(zip(["bleu", "cider", "meteor", "P", "R", "rel", "exact", "e1", "e2", "e3", "twice"],
+                     rows[("test", "beam")]))
+    assert cells["P"] == "0.333" and cells["rel"] == "0.000" and cells["e3"] == "-" and cells["twice"] == "0.000"
     assert float(cells["bleu"]) == pytest.approx(scenes_run[0]["test"]["beam"]["bleu_4"], abs=1e-3)
 
 
@@ -149,7 +150,7 @@ def test_summary_without_grounded_and_bad_input(tmp_path, capsys):
     path = tmp_path / "eval.json"
     path.write_text(json.dumps({"test": {"greedy": {"bleu_4": 0.5, "cider": 1.25, "meteor": 0.3}}}))
     assert summary.main([str(path)]) == 0
-    assert capsys.readouterr().out.splitlines()[2].split() == ["test", "greedy", "0.500", "1.250", "0.300"] + ["-"] * 7
+    assert capsys.readouterr().out.splitlines()[2].split() == ["test", "greedy", "0.500", "1.250", "0.300"] + ["-"] * 8
     assert summary.main([str(tmp_path / "missing.json")]) == 2
     path.write_text("{}")
     assert summary.main([str(path)]) == 2

@@ -127,6 +127,17 @@ def test_words_it_does_not_understand_are_ignored():
     assert parse("a red circle that is").mentions[0].colour == "red"
 
 
+def test_an_object_listed_twice_is_a_repeat_but_one_named_again_in_a_relation_is_not():
+    listed = "three shapes a small red circle a small red circle and a small yellow triangle"
+    s = score_caption(listed, ROW3)
+    assert s.repeated == 1 and s.wrong_words == ["red", "circle"]  # the second mention (three objects is right)
+    assert s.named_correct == 3 and s.object_precision == 1.0  # precision cannot see it: the new figure can
+    chained = "a red circle to the left of a blue square and the blue square to the left of a yellow triangle"
+    assert score_caption(chained, ROW3).repeated == 0 and score_caption(chained, ROW3).wrong == []
+    rate = aggregate([s, score_caption(chained, ROW3), score_caption("a red circle", ROW3)])["repeated_object_rate"]
+    assert rate == pytest.approx(1 / 3)
+
+
 def test_aggregate_is_micro_and_split_by_object_count():
     scores = [score_caption("a red circle to the left of a blue square", ROW),
               score_caption("a blue circle", ROW),
@@ -165,7 +176,7 @@ def test_reference_captions_are_right_about_their_own_scenes(generated, as_model
     assert block["object_precision"] == 1.0
     assert block["relation_accuracy"] == 1.0
     assert block["count_accuracy"] == 1.0 and block["size_accuracy"] == 1.0
-    assert all(s.wrong == [] for s in scores)
+    assert all(s.wrong == [] for s in scores) and block["repeated_object_rate"] == 0.0
     assert sum(s.relations for s in scores) > len(generated)  # relations were found, not skipped
     by = block["by_objects"]
     assert by["1"]["exact_set"] == by["2"]["exact_set"] == 1.0 and by["2"]["object_recall"] == 1.0

@@ -63,7 +63,7 @@ def test_generated_captions_are_right_about_their_own_scenes(generated, language
     block = aggregate(scores)
     assert block["object_precision"] == 1.0 and block["relation_accuracy"] == 1.0
     assert block["count_accuracy"] == 1.0 and block["size_accuracy"] == 1.0
-    assert all(s.wrong == [] for s in scores)
+    assert all(s.wrong == [] for s in scores) and block["repeated_object_rate"] == 0.0  # chains name B twice
     n_scenes = len(generated[language])
     # Objects, relations, counts and sizes were found, not skipped.
     assert sum(s.relations for s in scores) > 4 * n_scenes

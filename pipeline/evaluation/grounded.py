@@ -32,6 +32,7 @@ class CaptionScore:
     exact_set: bool = False  # named colour-shape pairs == the image's pairs
     relations: int = 0
     relations_held: int = 0
+    repeated: int = 0  # mentions of a colour-shape pair the caption named before (the generator never repeats one)
     count_claims: int = 0  # 0 or 1: whether the caption says how many objects there are
     count_correct: int = 0
     sizes: int = 0  # size words on objects that exist
@@ -88,6 +89,19 @@ def score_caption(caption: str, objects: list[dict], language: str = "en") -> Ca
         if m.count > 1 and "number" in m.at:
             wrong.add(m.at["number"])  # the generator never repeats a colour-shape pair
     score.recalled = len(recalled)
+    # "a small purple square a small purple square": one object listed twice, as if there were
+    # two. A second mention inside a relation is the same object again ("B is right of A, C is
+    # right of B"), not a repeat. Precision still counts each mention of a real object as right
+    # (figures stay comparable with earlier runs); `repeated_object_rate` counts these captions.
+    in_relations = {k for claim in p.claims for k in claim.mentions}
+    named_pairs = set()
+    for k, m in enumerate(p.mentions):
+        if not m.colour:
+            continue
+        if (m.colour, m.shape) in named_pairs and k not in in_relations:
+            score.repeated += 1
+            wrong.update((m.at["colour"], m.at["shape"]))
+        named_pairs.add((m.colour, m.shape))
     score.exact_set = {(m.colour, m.shape) for m in p.mentions if m.colour} == set(pairs)
     axis = scene_axis(objects)
     for claim in p.claims:
@@ -146,6 +160,8 @@ def _figures(scores: list[CaptionScore]) -> dict:
         "exact_set": sum(s.exact_set for s in scores) / len(scores) if scores else None,
         "relation_accuracy": ratio("relations_held", "relations"),
         "count_accuracy": ratio("count_correct", "count_claims"),
+        # captions that name some object twice: object precision and exact set cannot see them
+        "repeated_object_rate": sum(s.repeated > 0 for s in scores) / len(scores) if scores else None,
         "size_accuracy": ratio("sizes_correct", "sizes"),
         "n": len(scores),
     }

@@ -27,6 +27,7 @@ COLUMNS = (
     ("rel", ("grounded", "relation_accuracy")),
     ("exact", ("grounded", "exact_set")),
     *((f"exact{n}", ("grounded", "by_objects", str(n), "exact_set")) for n in (1, 2, 3)),
+    ("twice", ("grounded", "repeated_object_rate")),  # captions naming one object twice
 )
 
 
