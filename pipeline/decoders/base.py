@@ -23,9 +23,9 @@ class DecoderConfig:
 
 class Dropout(nn.Dropout):
     """nn.Dropout with its mask drawn from random bytes, eight per 64-bit draw of the generator,
-    instead of one float per element: ~0.1 ms against ~1 ms (rand_like) and ~2 ms (nn.Dropout's
-    bernoulli_) for a 64x13x256 activation on a CPU, where masks were 7-9% of a transformer
-    training step (2-core profile, README: Performance). p is rounded to 1/256 (0.3 drops
+    instead of one float per element: 0.4-0.7 ms against 1.1-1.2 ms (rand_like) and ~2.2 ms
+    (nn.Dropout's bernoulli_) for a 64x13x256 activation on a CPU, where masks were 7-9% of a
+    transformer training step (bench/bench_train_step.py, README: Performance). p is rounded to 1/256 (0.3 drops
     77/256 = 0.301); the kept values are scaled by 1 / (1 - that), so the expectation is kept.
     No state, so checkpoints are unchanged."""
 

@@ -72,7 +72,7 @@ def _banned(banned: Iterable[int], device: torch.device) -> torch.Tensor | None:
 def worth_dropping(done: int, rows: int) -> bool:
     """Drop finished rows from the batch once they are an eighth of it: every later step then
     runs on fewer rows, and dropping copies the state (the encoder memory included) only a few
-    times per batch. Rows are independent, so captions do not change (tests/test_decoding.py)."""
+    times per batch. Rows are independent, so captions do not change (tests/test_decoders.py)."""
     return done > 0 and 8 * done >= rows
 
 

@@ -17,10 +17,11 @@ CACHE_START = 16  # key/value positions allocated at the start of decoding (most
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
-    """Scaled dot-product attention. On a CPU, two matmuls and a softmax: for these short
-    sequences (~13 queries against 13 or 49 keys in training, one query per step in decoding)
-    they take about half the time of SDPA's CPU flash kernel, forward and backward (2-core
-    measurement, README: Performance). On a GPU, SDPA: its fused kernels win there."""
+    """Scaled dot-product attention. On a CPU, two matmuls and a softmax: in training (~13
+    queries against 13 or 49 keys) forward + backward take about half the time of SDPA's CPU
+    flash kernel (bench/bench_train_step.py). In decoding (one query a row) they win against the
+    49 memory keys and lose against a short cache (bench/bench_decode.py): one kernel for both,
+    no faster or slower end to end. On a GPU, SDPA: its fused kernels win there."""
     if q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5

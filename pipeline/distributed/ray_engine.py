@@ -39,7 +39,7 @@ from pipeline.distributed import storage
 from pipeline.distributed.ray_cluster import (Failure, Plan, RayOptions, each_or_error, plan_actors, ray_session,
                                               read_task_memory, require_ray, unwrap)
 from pipeline.encoders import Preprocess
-from pipeline.inference.batch import REASONS, CaptionConfig, _CaptionDataset, _row
+from pipeline.inference.batch import REASONS, CaptionConfig, _CaptionDataset, _row, warn_cut_captions
 from pipeline.inference.listing import ImageFile, list_images
 from pipeline.inference.caption_store import (SCHEMA, CaptionUsageError, Key, PartWriter, Previous, lock_parts_dir,
                                               merge_rows, part_files, parts_dir_for, previous_rows, replace_atomically,
@@ -266,10 +266,8 @@ def caption_directory_ray(images_dir: str | Path, out_path: str | Path, checkpoi
                 "(%.1fs, %.1f images/s; Ray start %.1fs, model identity %.1fs)", summary["listed"],
                 *(summary[r] for r in REASONS), summary["captioned"], summary["failed"], out_path, seconds,
                 summary["images_per_second"], init_seconds, probe_seconds)
-    if summary["cut_at_max_len"]:
-        logger.warning("caption-batch (ray): %d of %d captions reached max_len=%d tokens before ending and are cut: "
-                       "rerun with a larger --max-len (caption.max_len)", summary["cut_at_max_len"],
-                       summary["captioned"], cfg.max_len)
+    warn_cut_captions(summary["cut_at_max_len"], summary["captioned"], cfg.max_len,
+                      (checkpoint.get("config") or {}).get("max_len"))
     if unlisted:
         logger.error("caption-batch: listing incomplete, could not list %s; their earlier rows (%d) are kept; "
                      "rerun once they are readable", ", ".join(unlisted), counts["kept_unlisted"])

@@ -196,16 +196,20 @@ def caption_directory(images_dir: str | Path, out_path: str | Path, checkpoint_p
                 "%d re-captioned (file changed), %d retried (error before); %d captioned, %d failed "
                 "-> %s (%.1fs, %.1f images/s)", summary["listed"], *(summary[r] for r in REASONS),
                 summary["captioned"], summary["failed"], out, seconds, summary["images_per_second"])
-    if captioner.cut_captions:
-        logger.warning("caption-batch: %d of %d captions reached max_len=%d tokens before ending and are cut: "
-                       "rerun with a larger --max-len (caption.max_len); the model was trained with "
-                       "train.max_len=%s", captioner.cut_captions, stats["captioned"], captioner.max_len,
-                       captioner.trained_max_len or "unknown")
+    warn_cut_captions(captioner.cut_captions, stats["captioned"], captioner.max_len, captioner.trained_max_len)
     if unlisted:
         logger.error("caption-batch: listing incomplete, %d director%s could not be listed: %s; their "
                      "earlier rows (%d) are kept; rerun once they are readable", len(unlisted),
                      "y" if len(unlisted) == 1 else "ies", ", ".join(unlisted), counts["kept_unlisted"])
     return summary
+
+
+def warn_cut_captions(cut: int, captioned: int, max_len: int, trained_max_len: int | None) -> None:
+    """The warning of both engines when max_len cut some captions (summary: cut_at_max_len)."""
+    if cut:
+        logger.warning("caption-batch: %d of %d captions reached max_len=%d tokens before ending and are cut: "
+                       "rerun with a larger --max-len (caption.max_len); the model was trained with "
+                       "train.max_len=%s", cut, captioned, max_len, trained_max_len or "unknown")
 
 
 def _encoded_batches(loader: DataLoader, captioner: Captioner, overlap: bool) -> Iterator[tuple[_Batch, torch.Tensor | None]]:
