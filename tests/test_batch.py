@@ -310,6 +310,27 @@ def test_overlapped_encoding_gives_the_rows_of_the_plain_loop_and_keeps_them_on_
     assert read(crashed) == read(plain)
 
 
+@pytest.mark.parametrize("overlap, device, threaded", [("auto", "cpu", False), ("auto", "cuda", True),
+                                                       (True, "cpu", True), (False, "cuda", False)])
+def test_overlap_auto_reads_ahead_on_a_gpu_only(checkpoint, tmp_path, monkeypatch, overlap, device, threaded):
+    import pipeline.inference.batch as batch_module
+    images = tmp_path / "images"
+    for i in range(3):
+        make_image(images / f"{i}.png", i)
+    used = []
+    monkeypatch.setattr(batch_module, "read_ahead", lambda items, work: used.append(1) or map(work, items))
+    # The device only decides the policy here: the model still runs on the CPU.
+    monkeypatch.setattr(batch_module, "overlap_for", lambda d, real=batch_module.overlap_for:
+                        real(torch.device(device)))
+    summary = caption_directory(images, tmp_path / "out.parquet", checkpoint, CaptionConfig(**CFG, overlap=overlap))
+    assert bool(used) is threaded and summary["overlap"] is threaded and summary["captioned"] == 3
+
+
+def test_overlap_takes_true_false_or_auto_only():
+    with pytest.raises(ValueError, match="caption.overlap 'sometimes'"):
+        CaptionConfig(overlap="sometimes")
+
+
 def test_captions_cut_at_max_len_are_counted_and_named(checkpoint, tmp_path, caplog):
     images = tmp_path / "imgs"
     for i in range(8):

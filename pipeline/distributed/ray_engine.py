@@ -119,7 +119,7 @@ class _CaptionActor:
 
     def _caption(self, images: torch.Tensor) -> list[tuple[str, float, bool]]:
         # With two calls at once (Plan.pool), one encodes its batch while the other beam-searches
-        # (both release the GIL), as the local engine overlaps them; one of each at a time.
+        # (both release the GIL), as the local engine can (caption.overlap); one of each at a time.
         with self.encoding:
             features = self.captioner.encode(images)
         with self.decoding:

@@ -58,9 +58,9 @@ class CaptionConfig:
     recursive: bool = True
     patterns: list[str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))  # case-insensitive globs on names
     part_size: int = 512  # rows per part file: the most work a killed run can lose
-    # Read and encode batch k+1 in a thread while batch k is beam-searched: the exported
-    # encoders and torch release the GIL, so the two overlap (README: Performance).
-    overlap: bool = True
+    # Read and encode batch k+1 in a thread while batch k is beam-searched (true), or one after
+    # the other (false); auto = overlap_for(device) (README: Performance).
+    overlap: bool | str = "auto"
     # Caption language: one the model was trained on ('' = its first, English when it has it).
     language: str = ""
 
@@ -71,6 +71,8 @@ class CaptionConfig:
         if self.num_workers < 0 or self.threads < 0:
             raise ValueError("caption.num_workers and caption.threads must be >= 0")
         check_runtime_name(self.runtime, "caption.runtime")
+        if self.overlap not in (True, False, "auto"):
+            raise ValueError(f"caption.overlap {self.overlap!r}: use true, false or auto")
         if not self.patterns:
             raise ValueError("caption.patterns is empty: give at least one glob such as '*.jpg'")
 
@@ -212,6 +214,15 @@ def warn_cut_captions(cut: int, captioned: int, max_len: int, trained_max_len: i
                        "train.max_len=%s", cut, captioned, max_len, trained_max_len or "unknown")
 
 
+def overlap_for(device: torch.device) -> bool:
+    """caption.overlap: auto. On a CPU encoding and beam search both need every core: on 2 cores
+    running them side by side was slower than one after the other in 3 of 3 interleaved rounds
+    (66 against 77 images/s, median) and never clearly faster in earlier runs (README:
+    Performance). On a GPU the encoder's work is on the device, and the thread mostly waits for
+    it and for the files: overlap there (not measured yet: bench/bench_gpu.py prints both)."""
+    return device.type != "cpu"
+
+
 def _encoded_batches(loader: DataLoader, captioner: Captioner, overlap: bool) -> Iterator[tuple[_Batch, torch.Tensor | None]]:
     """(batch, its features) in order. With overlap, the next batch is read and encoded in a
     second thread while the caller decodes this one (read_ahead: one batch ahead at most, so
@@ -229,10 +240,11 @@ def _caption_files(files: list[ImageFile], captioner: Captioner, identity: tuple
     loader = DataLoader(_CaptionDataset(files, captioner.preprocess, previous), batch_size=cfg.batch_size,
                         shuffle=False, num_workers=cfg.num_workers, collate_fn=_collate,
                         pin_memory=captioner.device.type == "cuda")
-    stats = {"captioned": 0, "errors": 0, **{reason: 0 for reason in REASONS}}
+    overlap = overlap_for(captioner.device) if cfg.overlap == "auto" else cfg.overlap
+    stats = {"captioned": 0, "errors": 0, **{reason: 0 for reason in REASONS}, "overlap": overlap}
     seen, started, last_log = 0, time.time(), time.time()
     try:
-        for batch, features in _encoded_batches(loader, captioner, cfg.overlap):
+        for batch, features in _encoded_batches(loader, captioner, overlap):
             b = batch.images
             for index, error in b.failures:
                 writer.add(_row(files[index], identity, batch.hashes[index], error=error,
