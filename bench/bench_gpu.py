@@ -12,7 +12,8 @@ $OUT/bench_gpu.json when OUT is set):
      and normalisation there too (also run on the CPU, so that code is smoke-tested without CUDA);
   4. the features stage (extract_features: workers decode, precision auto = bf16 on CUDA);
   5. caption-batch end to end (caption_directory) and its ratios to the encoder-only figure of its
-     precision (target >= 0.8 on an H100) and to the seeds' per-image loop (target >= 20);
+     precision (target >= 0.8 on an H100) and to the seeds' per-image loop (target >= 20); then
+     with the other caption.overlap setting than its default (auto: overlap on a GPU);
   6. the seeds' per-image loop (bench_caption.naive_loop);
   7. one cross-entropy and one SCST training epoch (train() with params.yaml's train section,
      epochs 1) on synthetic features of the default spatial shape and scene captions for 4343
@@ -187,8 +188,12 @@ def caption_batch(ctx) -> dict:
     cfg = CaptionConfig(batch_size=ctx.caption_batch, num_workers=ctx.workers, device=str(ctx.device),
                         runtime="torch")
     summary = caption_directory(ctx.images, ctx.tmp / "captions.parquet", ctx.model, cfg)
+    # caption.overlap: auto overlaps on a GPU by a rule of thumb: the other setting, to check it
+    other = caption_directory(ctx.images, ctx.tmp / "captions_other.parquet", ctx.model,
+                              replace(cfg, overlap=not summary["overlap"]))
     return {"caption_batch_img_s": summary["images_per_second"], "caption_batch_seconds": summary["seconds"],
-            "caption_batch_precision": summary["settings"]["precision"], "caption_batch_batch": ctx.caption_batch}
+            "caption_batch_precision": summary["settings"]["precision"], "caption_batch_batch": ctx.caption_batch,
+            "caption_batch_overlap": summary["overlap"], "caption_batch_other_overlap_img_s": other["images_per_second"]}
 
 
 def seeds_loop(ctx) -> dict:

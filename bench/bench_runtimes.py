@@ -4,10 +4,14 @@
   2. the features stage (extract_features from the files, workers decoding), per runtime, and
      for the default runtime every combination of decoding workers and encoder threads, and
      the default without reading the next batch ahead in a thread;
-  3. caption-batch end to end with the default runtime (and with torch; and without overlapping
-     the next batch's encoding with beam search), its ratio to the encoder-only figure of the
+  3. caption-batch end to end with the default runtime (and with torch; and with the other
+     setting of caption.overlap than its default), its ratio to the encoder-only figure of the
      runtime it uses, and the seeds' per-image loop;
-  4. how far each runtime's features are from torch's (max abs) and how many captions differ.
+  4. how far each runtime's features are from torch's (max abs) and how many captions differ;
+  5. the figures the targets are ratios of (encoder only at batch 32, the features stage with
+     torch and with the default runtime, caption-batch with its defaults, the seeds' loop),
+     again in --rounds interleaved rounds: each ratio per round and its median, so one slow
+     minute of the machine does not decide a target.
 
     .venv/bin/python bench/bench_runtimes.py                          # 640 scenes of data/scenes
     .venv/bin/python bench/bench_runtimes.py --images DIR --count 256 --model models/model.pt
@@ -20,6 +24,7 @@ import argparse
 import logging
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -72,6 +77,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--naive-count", type=int, default=60)
     p.add_argument("--combos", default="0:2,1:2,2:1,2:2", help="workers:threads pairs for the features stage")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the target figures (part 5)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -156,10 +162,11 @@ def main() -> None:
                                     runtime=runtime)
                 summary = caption_directory(images, tmp / f"combo_{runtime}_{workers}_{threads}.parquet", model, cfg)
                 figures[f"caption_batch_{runtime}_w{workers}_t{threads}"] = summary["images_per_second"]
-        # Encoding of the next batch not overlapped with beam search (caption.overlap: false)
-        cfg = CaptionConfig(batch_size=args.batch_size, device="cpu", runtime="auto", overlap=False)
-        summary = caption_directory(images, tmp / "no_overlap.parquet", model, cfg)
-        figures["caption_batch_auto_no_overlap"] = summary["images_per_second"]
+        # The other overlap setting than the default's (caption.overlap: auto = off on a CPU)
+        other = not summary["overlap"]
+        cfg = CaptionConfig(batch_size=args.batch_size, device="cpu", runtime="auto", overlap=other)
+        summary = caption_directory(images, tmp / "other_overlap.parquet", model, cfg)
+        figures[f"caption_batch_auto_{'overlap' if other else 'no_overlap'}"] = summary["images_per_second"]
         same = sum(captions["auto"][k] == captions["torch"].get(k) for k in captions["auto"])
         figures["captions_identical_auto_vs_torch"] = f"{same}/{len(captions['auto'])}"
         used = figures["caption_batch_auto_uses"]
@@ -170,6 +177,28 @@ def main() -> None:
                                                  CaptionConfig.max_len), 1)
         figures["caption_batch_over_naive"] = round(figures["caption_batch_auto"] / figures["naive_loop"], 2)
         figures["features_auto_over_torch"] = round(figures[f"features_{used}"] / figures["features_torch"], 2)
+
+        # 5. the target figures again, interleaved rounds
+        rounds: dict[str, list] = {}
+        for _ in range(args.rounds):
+            torch.set_num_threads(cores)
+            one = {"encoder_only": encoder_only(captioners[used], tensors, args.batch_size),
+                   "naive_loop": naive_loop(captioners["torch"], paths[: args.naive_count], CaptionConfig.max_len)}
+            for runtime in dict.fromkeys(["torch", used]):
+                one[f"features_{runtime}"] = features_stage(items, runtime, default.num_workers, default.threads,
+                                                            args.batch_size, tmp / "round_features.parquet")["img_s"]
+            one["caption_batch"] = caption_directory(images, tmp / "round_captions.parquet", model,
+                                                     CaptionConfig(batch_size=args.batch_size, device="cpu")
+                                                     )["images_per_second"]
+            (tmp / "round_captions.parquet").unlink()  # else the next round reuses every row
+            one["features_over_torch"] = one[f"features_{used}"] / one["features_torch"]
+            one["caption_batch_over_encoder_only"] = one["caption_batch"] / one["encoder_only"]
+            one["caption_batch_over_naive"] = one["caption_batch"] / one["naive_loop"]
+            for key, value in one.items():
+                rounds.setdefault(key, []).append(round(value, 3 if "_over_" in key else 1))
+        for key, values in rounds.items():
+            figures[f"rounds_{key}"] = values
+            figures[f"rounds_{key}_median"] = statistics.median(values)
 
     print_figures(figures, args.json)
 

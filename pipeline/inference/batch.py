@@ -216,10 +216,10 @@ def warn_cut_captions(cut: int, captioned: int, max_len: int, trained_max_len: i
 
 def overlap_for(device: torch.device) -> bool:
     """caption.overlap: auto. On a CPU encoding and beam search both need every core: on 2 cores
-    running them side by side was slower than one after the other in 3 of 3 interleaved rounds
-    (66 against 77 images/s, median) and never clearly faster in earlier runs (README:
-    Performance). On a GPU the encoder's work is on the device, and the thread mostly waits for
-    it and for the files: overlap there (not measured yet: bench/bench_gpu.py prints both)."""
+    running them side by side was slower than one after the other in 11 of 11 interleaved pairs
+    of runs (median 83.8 against 87.5 and 66 against 77 images/s; README: Performance). On a GPU
+    the encoder's work is on the device, and the thread mostly waits for it and for the files:
+    overlap there (a rule of thumb, not measured)."""
     return device.type != "cpu"
 
 

@@ -22,7 +22,7 @@ class ScoringSettings(Protocol):  # what validation reads of TrainConfig (train 
     val_metric: str
 
 
-class ValidationImages(Protocol):  # what validation reads of train's FeatureSource
+class ValidationImages(Protocol):  # what validation reads of a FeatureSource (sources.py)
     def val_features(self, n: int, device: torch.device) -> tuple[torch.Tensor, list[int]]: ...
 
 
