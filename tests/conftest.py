@@ -26,3 +26,12 @@ def runtime_cache(tmp_path_factory):
         os.environ.pop("CAPTION_PIPELINE_CACHE", None)
     else:
         os.environ["CAPTION_PIPELINE_CACHE"] = old
+
+
+def pytest_collection_modifyitems(config, items):
+    """The Ray tests run last. Ray leaves its threads and child processes in this process, and
+    forking the process afterwards (a pool of rendering processes, in an earlier layout of the
+    tests) crashed the whole test session in CI with a segfault, twice. Any test that forks
+    (DataLoader workers, process pools) must therefore run before them. The sort is stable, so
+    the order of the other tests is unchanged."""
+    items.sort(key=lambda item: item.get_closest_marker("ray") is not None)
