@@ -79,6 +79,9 @@ def main(
     max_len: int = typer.Option(_DEFAULTS.max_len, min=1, help="Longest caption, in words."),
     length_penalty: float = typer.Option(_DEFAULTS.length_penalty, min=0.0,
                                          help="Beam ranking: logprob / length**penalty (0 = raw log-probability)."),
+    no_repeat_ngram: int = typer.Option(_DEFAULTS.no_repeat_ngram, min=0,
+                                        help="No caption repeats this many words (0 = off; 4 with beam search "
+                                        "removed most repeated objects on the scenes: README, Decoders)."),
     language: Optional[str] = typer.Option(None, help="Caption language, one the model was trained on (e.g. de). "
                                            "[default: the model's first, English when it has it]", show_default=False),
     allow_encoder_mismatch: bool = typer.Option(
@@ -113,7 +116,8 @@ def main(
         run = _engine(engine, images, out, address, actors)
         cfg = CaptionConfig(images_dir=str(images), batch_size=batch_size, num_workers=workers, threads=threads,
                             device=device.value, runtime=runtime.value, beam_size=beam_size, max_len=max_len,
-                            length_penalty=length_penalty, part_size=part_size, language=language or "",
+                            length_penalty=length_penalty, no_repeat_ngram=no_repeat_ngram, part_size=part_size,
+                            language=language or "",
                             recursive=recursive, patterns=list(pattern or DEFAULT_PATTERNS))
         if console.is_terminal:
             with _progress_bar(console) as bar:

@@ -21,7 +21,8 @@ def main() -> None:
     cfg = load_section(args.params, "evaluate", EvaluateConfig)
     manifest, root = read_manifest(args.manifest)
     captioner = Captioner.from_checkpoint(args.model, beam_size=cfg.beam_size, max_len=cfg.max_len,
-                                          length_penalty=cfg.length_penalty, runtime=cfg.runtime)
+                                          length_penalty=cfg.length_penalty, runtime=cfg.runtime,
+                                          no_repeat_ngram=cfg.no_repeat_ngram)
     # A fine-tuned checkpoint's features are not in the cache: evaluate encodes the images under root.
     table = load_features(args.features, grid=captioner.spatial)  # spatial maps only for decoders that read them
     metrics, per_image, info = evaluate(captioner, manifest, table, cfg, image_root=root)

@@ -226,6 +226,9 @@ def test_changed_decoding_settings_recaption_and_each_row_names_its_settings(che
     assert (again["reused"], again["captioned"]) == (3, 0)
     penalty = caption_directory(images, out, checkpoint, CaptionConfig(**{**CFG, "length_penalty": 0.0}))
     assert (penalty["reused"], penalty["recaptioned_settings"]) == (0, 3)
+    blocked = caption_directory(images, out, checkpoint, CaptionConfig(**{**CFG, "no_repeat_ngram": 2}))
+    assert (blocked["reused"], blocked["recaptioned_settings"]) == (0, 3)
+    assert all(json.loads(r["settings"])["no_repeat_ngram"] == 2 for r in read(out).values())
 
 
 def test_output_of_an_older_version_is_recaptioned_not_refused(checkpoint, tmp_path):

@@ -230,6 +230,10 @@ def test_settings_name_every_decoding_choice(checkpoint):
     captioner = Captioner.from_checkpoint(checkpoint, beam_size=4, max_len=7, length_penalty=1, runtime="torch")
     assert captioner.settings == {"beam_size": 4, "max_len": 7, "length_penalty": 1.0, "precision": "fp32",
                                   "runtime": "torch"}
+    blocking = Captioner.from_checkpoint(checkpoint, runtime="torch", no_repeat_ngram=4)
+    assert blocking.settings["no_repeat_ngram"] == 4  # named only when set: older rows stay reusable
+    with pytest.raises(ValueError, match="no_repeat_ngram"):
+        Captioner.from_checkpoint(checkpoint, no_repeat_ngram=-1)
 
 
 @pytest.mark.parametrize("decoder_name", ["attention", "transformer"])

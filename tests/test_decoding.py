@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pipeline.decoders import DecoderConfig, ShowTell
-from pipeline.decoders.search import beam_search, decode, greedy
+from pipeline.decoders.search import beam_search, decode, greedy, repeated_ngram_mask
 
 PAD, START, END = 0, 1, 2
 VOCAB = 14
@@ -174,3 +174,43 @@ def test_max_len_truncates_and_bad_arguments_fail(trained, test_batch):
     assert decode(trained, features[:0], START, END, beam_size=3).tokens == []
     with pytest.raises(ValueError, match="beam_size"):
         decode(trained, features, START, END, beam_size=0)
+
+
+def test_repeated_ngram_mask_blocks_the_word_that_would_repeat_an_ngram():
+    history = torch.tensor([[5, 6, 7, 5, 6], [3, 4, 3, 4, 3]])
+    blocked = {n: [set(row.nonzero().squeeze(1).tolist()) for row in repeated_ngram_mask(history, n, 10)]
+               for n in (1, 2, 3, 4)}
+    assert blocked[1] == [{5, 6, 7}, {3, 4}]  # any word already used
+    assert blocked[2] == [{7}, {4}]  # "6 7" and "3 4" already there
+    assert blocked[3] == [{7}, {4}]  # "5 6 7" and "4 3 4"
+    assert blocked[4] == [set(), {4}]  # "3 4 3 4" only in the second row
+    assert repeated_ngram_mask(history[:, :1], 3, 10) is None  # too short to repeat anything
+
+
+def repeated_ngrams(words: list[int], n: int) -> bool:
+    grams = [tuple(words[i: i + n]) for i in range(len(words) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_no_repeat_ngram_leaves_no_repeated_ngram_and_keeps_the_model_scores(beam_size):
+    """An untrained decoder that rarely ends and favours a few words: its captions repeat
+    themselves; with no_repeat_ngram n, none repeats n words, and each caption's score is
+    still the model's own log-probability of it."""
+    torch.manual_seed(5)
+    model = ShowTell(FEATURE_DIM, VOCAB, DecoderConfig(embed_size=16, hidden_size=32, dropout=0.0)).eval()
+    with torch.no_grad():
+        model.head.bias[END] = -10.0
+        model.head.bias[3:6] += 3.0  # three favourite words
+    features = torch.randn(6, FEATURE_DIM, generator=torch.Generator().manual_seed(6))
+    plain = decode(model, features, START, END, max_len=10, beam_size=beam_size)
+    assert decode(model, features, START, END, max_len=10, beam_size=beam_size, no_repeat_ngram=0) == plain
+    for n in (1, 2, 3):
+        assert any(repeated_ngrams(words, n) for words in plain.tokens)  # the premise
+        out = decode(model, features, START, END, max_len=10, beam_size=beam_size, no_repeat_ngram=n)
+        assert not any(repeated_ngrams(words, n) for words in out.tokens), (n, out.tokens)
+        for i, words in enumerate(out.tokens):
+            expected = teacher_forced_logprob(model, features[i], words, ended=len(words) < 10)
+            assert out.logprob[i] == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(ValueError, match="no_repeat_ngram"):
+        decode(model, features, START, END, no_repeat_ngram=-1)

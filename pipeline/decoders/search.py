@@ -37,24 +37,28 @@ def checked_banned_ids(banned_ids: Iterable[int], end_id: int) -> list[int]:
 @torch.inference_mode()
 def decode(model: nn.Module, features: torch.Tensor, start_id: int | torch.Tensor, end_id: int,
            max_len: int = 20, beam_size: int = 1, length_penalty: float = 0.7,
-           banned_ids: Iterable[int] = ()) -> Decoded:
+           banned_ids: Iterable[int] = (), no_repeat_ngram: int = 0) -> Decoded:
     """Caption every row of `features` ((N, D) pooled or (N, C, h, w) for spatial decoders).
     beam_size 1 is greedy; above that, beam search ranked by logprob / length**length_penalty
     (0 = raw log-probability). `start_id`: the first input, one id or one per row (N,) (a
     multilingual model's language tokens). `banned_ids` (e.g. <unk>, <pad>, <start>) are never emitted;
     scores stay the model's own log-probabilities (not renormalised), so they still match
-    teacher-forced scoring."""
+    teacher-forced scoring. `no_repeat_ngram` n > 0: no caption contains the same n words twice
+    (a word that would complete an n-gram already in the caption is never emitted)."""
     if max_len < 1:
         raise ValueError(f"max_len must be at least 1, got {max_len}")
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1 (1 = greedy), got {beam_size}")
+    if no_repeat_ngram < 0:
+        raise ValueError(f"no_repeat_ngram must be >= 0 (0 = off), got {no_repeat_ngram}")
     banned = checked_banned_ids(banned_ids, end_id)
     if features.shape[0] == 0:
         return Decoded([], [], [])
     model.eval()
     if beam_size == 1:
-        return greedy(model, features, start_id, end_id, max_len, banned)
-    return beam_search(model, features, start_id, end_id, max_len, beam_size, length_penalty, banned)
+        return greedy(model, features, start_id, end_id, max_len, banned, no_repeat_ngram)
+    return beam_search(model, features, start_id, end_id, max_len, beam_size, length_penalty, banned,
+                       no_repeat_ngram)
 
 
 def _step(model: nn.Module, tokens: torch.Tensor, state, banned: torch.Tensor | None):
@@ -69,6 +73,28 @@ def _banned(banned: Iterable[int], device: torch.device) -> torch.Tensor | None:
     return torch.tensor(ids, dtype=torch.long, device=device) if ids else None
 
 
+def repeated_ngram_mask(history: torch.Tensor, n: int, vocab: int) -> torch.Tensor | None:
+    """(rows, t) words so far -> (rows, vocab) True where the word would complete an n-gram the
+    row already holds (None when nothing can be blocked yet). The last n-1 words are matched
+    against every earlier window of n-1 words; the word that followed such a window is blocked."""
+    rows, t = history.shape
+    if n < 1 or t < max(n - 1, 1):
+        return None
+    mask = torch.zeros(rows, vocab, dtype=torch.bool, device=history.device)
+    if n == 1:
+        return mask.scatter_(1, history, True)
+    windows = history.unfold(1, n - 1, 1)[:, :-1]  # (rows, t-n+1, n-1): each window that has a next word
+    match = (windows == history[:, t - n + 1:].unsqueeze(1)).all(-1)
+    row, start = match.nonzero(as_tuple=True)
+    mask[row, history[row, start + n - 1]] = True
+    return mask
+
+
+def _block_repeats(logp: torch.Tensor, history: torch.Tensor, n: int) -> torch.Tensor:
+    mask = repeated_ngram_mask(history, n, logp.shape[-1]) if n else None
+    return logp if mask is None else logp.masked_fill(mask, float("-inf"))
+
+
 def worth_dropping(done: int, rows: int) -> bool:
     """Drop finished rows from the batch once they are an eighth of it: every later step then
     runs on fewer rows, and dropping copies the state (the encoder memory included) only a few
@@ -77,7 +103,7 @@ def worth_dropping(done: int, rows: int) -> bool:
 
 
 def greedy(model: nn.Module, features: torch.Tensor, start_id: int | torch.Tensor, end_id: int,
-           max_len: int, banned: Iterable[int] = ()) -> Decoded:
+           max_len: int, banned: Iterable[int] = (), no_repeat_ngram: int = 0) -> Decoded:
     n, device = features.shape[0], features.device
     banned = _banned(banned, device)
     state = model.start(features)
@@ -89,7 +115,7 @@ def greedy(model: nn.Module, features: torch.Tensor, start_id: int | torch.Tenso
     alive = torch.ones(n, dtype=torch.bool, device=device)
     for t in range(max_len):
         logp, state = _step(model, tokens, state, banned)
-        best, tokens = logp.max(dim=-1)
+        best, tokens = _block_repeats(logp, out[rows, :t], no_repeat_ngram).max(dim=-1)
         logprob[rows] += best * alive  # a finished caption scores nothing more
         length[rows] += alive
         out[rows, t] = tokens
@@ -104,7 +130,8 @@ def greedy(model: nn.Module, features: torch.Tensor, start_id: int | torch.Tenso
 
 
 def beam_search(model: nn.Module, features: torch.Tensor, start_id: int | torch.Tensor, end_id: int,
-                max_len: int, beam_size: int, length_penalty: float, banned: Iterable[int] = ()) -> Decoded:
+                max_len: int, beam_size: int, length_penalty: float, banned: Iterable[int] = (),
+                no_repeat_ngram: int = 0) -> Decoded:
     """Standard beam search over (images x beams) at once. A finished beam stays in the beam
     with a frozen score (it can only be extended by <end> at zero cost), and candidates are
     ranked by score / length**length_penalty, so long and short captions compete fairly. An
@@ -134,6 +161,7 @@ def beam_search(model: nn.Module, features: torch.Tensor, start_id: int | torch.
     for _ in range(max_len):
         logp, state = _step(model, tokens, state, banned)
         vocab = logp.shape[-1]
+        logp = _block_repeats(logp, history.reshape(len(images) * k, history.shape[-1]), no_repeat_ngram)
         logp = logp.view(len(images), k, vocab)
         # Finished beams: the only continuation is <end> again, at no cost, length unchanged.
         frozen = torch.full((vocab,), float("-inf"), device=device)

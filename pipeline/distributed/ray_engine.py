@@ -203,6 +203,7 @@ def caption_directory_ray(images_dir: str | Path, out_path: str | Path, checkpoi
     preprocess = Preprocess.from_dict(checkpoint["encoder"]["preprocess"])
     language = resolve_language(cfg.language or None, checkpoint_languages(checkpoint))  # here too: a usage error
     kwargs = dict(beam_size=cfg.beam_size, max_len=cfg.max_len, length_penalty=cfg.length_penalty,
+                  no_repeat_ngram=cfg.no_repeat_ngram,
                   allow_encoder_mismatch=allow_encoder_mismatch, runtime=cfg.runtime, language=language)
     parts_dir = parts_dir_for(out)
     lock, finished = lock_parts_dir(parts_dir), False

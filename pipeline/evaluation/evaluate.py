@@ -42,6 +42,7 @@ class EvaluateConfig:
     beam_size: int = 3
     length_penalty: float = 0.7
     max_len: int = 20
+    no_repeat_ngram: int = 0  # n > 0: no caption repeats n words (greedy and beam; README, Decoders); 0 = off
     batch_size: int = 256
     image_batch_size: int = 32  # images per encoder forward when the cache cannot be used
     num_workers: int = 2  # image-decoding processes, same condition
@@ -51,6 +52,8 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         check_runtime_name(self.runtime, "evaluate.runtime")
+        if self.no_repeat_ngram < 0:
+            raise ValueError(f"evaluate.no_repeat_ngram must be >= 0 (0 = off), got {self.no_repeat_ngram}")
 
 
 def generate(captioner: Captioner, features: torch.Tensor, beam_size: int, batch_size: int,
@@ -151,7 +154,8 @@ def evaluate(captioner: Captioner, manifest: pd.DataFrame, table: FeatureTable,
     info.update(n_images=n_images, beam_size=cfg.beam_size,
                 features="images, encoded by the checkpoint's encoder" if from_images else "cache",
                 encoder_fingerprint=captioner.encoder_info.get("fingerprint"),
-                length_penalty=cfg.length_penalty, decoding="free-running (no teacher forcing)")
+                length_penalty=cfg.length_penalty, decoding="free-running (no teacher forcing)",
+                **({"no_repeat_ngram": cfg.no_repeat_ngram} if cfg.no_repeat_ngram else {}))
     if languages != [ENGLISH]:  # an English-only eval_info.json stays as it was
         info.update(default_language=languages[0], languages=by_language)
     return metrics, pd.concat(tables, ignore_index=True), info

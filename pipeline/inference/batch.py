@@ -55,6 +55,7 @@ class CaptionConfig:
     beam_size: int = 3  # 1 = greedy
     max_len: int = 20
     length_penalty: float = 0.7
+    no_repeat_ngram: int = 0  # n > 0: no caption repeats n words (4 with beam search: README, Decoders); 0 = off
     recursive: bool = True
     patterns: list[str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))  # case-insensitive globs on names
     part_size: int = 512  # rows per part file: the most work a killed run can lose
@@ -68,8 +69,8 @@ class CaptionConfig:
         for name in ("batch_size", "beam_size", "max_len", "part_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"caption.{name} must be at least 1, got {getattr(self, name)}")
-        if self.num_workers < 0 or self.threads < 0:
-            raise ValueError("caption.num_workers and caption.threads must be >= 0")
+        if self.num_workers < 0 or self.threads < 0 or self.no_repeat_ngram < 0:
+            raise ValueError("caption.num_workers, caption.threads and caption.no_repeat_ngram must be >= 0")
         check_runtime_name(self.runtime, "caption.runtime")
         if self.overlap not in (True, False, "auto"):
             raise ValueError(f"caption.overlap {self.overlap!r}: use true, false or auto")
@@ -162,6 +163,7 @@ def caption_directory(images_dir: str | Path, out_path: str | Path, checkpoint_p
         torch.set_num_threads(threads)
         captioner = Captioner.from_checkpoint(checkpoint_path, device=cfg.device, beam_size=cfg.beam_size,
                                               max_len=cfg.max_len, length_penalty=cfg.length_penalty,
+                                              no_repeat_ngram=cfg.no_repeat_ngram,
                                               allow_encoder_mismatch=allow_encoder_mismatch,
                                               runtime=cfg.runtime, threads=threads, language=cfg.language or None)
         identity = (captioner.model_id, settings_json(captioner.settings))

@@ -65,12 +65,13 @@ class Captioner:
     trained with (its fingerprint differs); model_id then names the encoder actually used.
     runtime: where the encoder runs (pipeline/encoders/runtimes.py: auto | torch | openvino |
     onnxruntime); threads: its threads (0 = all cores). language: the language to caption in
-    (one of `languages`, the model's; None = its first, English when it has it)."""
+    (one of `languages`, the model's; None = its first, English when it has it). no_repeat_ngram n > 0:
+    no caption repeats n words (pipeline/decoders/search.py: decode; 0 = off)."""
 
     def __init__(self, checkpoint: dict, device: str = "cpu", beam_size: int = 3,
                  max_len: int = 20, length_penalty: float = 0.7, allow_encoder_mismatch: bool = False,
                  runtime: str = "auto", threads: int = 0, runtime_cache: str | Path | None = None,
-                 language: str | None = None):
+                 language: str | None = None, no_repeat_ngram: int = 0):
         missing = [k for k in ("vocab", "encoder", "decoder", "decoder_state") if k not in checkpoint]
         if missing:
             raise CheckpointMismatchError(f"checkpoint lacks {missing}: not written by the train stage")
@@ -121,6 +122,9 @@ class Captioner:
         self._runtime = None
         self.decoder.to(self.device).eval()
         self.beam_size, self.max_len, self.length_penalty = beam_size, max_len, length_penalty
+        if no_repeat_ngram < 0:
+            raise ValueError(f"no_repeat_ngram must be >= 0 (0 = off), got {no_repeat_ngram}")
+        self.no_repeat_ngram = no_repeat_ngram
         self.cut_captions = 0  # captions that reached max_len before <end>, since this captioner was built
         self.trained_max_len = (checkpoint.get("config") or {}).get("max_len")  # train.max_len, for messages
         model_id = str(checkpoint.get("extra", {}).get("model_id") or f"{info['name']}-{model_digest(checkpoint)}")
@@ -196,11 +200,12 @@ class Captioner:
     def settings(self) -> dict:
         """Everything besides the model that decides a caption (caption-batch stores it in each
         row and resumes only rows made with equal settings). The language only for a model of
-        several: rows of a one-language model stay reusable across versions."""
+        several, no_repeat_ngram only when set: rows made without them stay reusable across versions."""
         language = {"language": self.language} if len(self.languages) > 1 else {}
+        blocked = {"no_repeat_ngram": int(self.no_repeat_ngram)} if self.no_repeat_ngram else {}
         return {"beam_size": int(self.beam_size), "max_len": int(self.max_len),
                 "length_penalty": float(self.length_penalty), "precision": self.precision,
-                "runtime": self.runtime.name, **language}
+                "runtime": self.runtime.name, **language, **blocked}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", **kwargs) -> "Captioner":
@@ -225,7 +230,8 @@ class Captioner:
         beam = self.beam_size if beam_size is None else beam_size
         first = start_id(self.vocab, self.language if language is None else resolve_language(language, self.languages))
         return decode(self.decoder, features.to(self.device), first, self.vocab.end_id, self.max_len, beam,
-                      self.length_penalty, banned_ids=banned_ids(self.vocab))  # never shown to a user
+                      self.length_penalty, banned_ids=banned_ids(self.vocab),  # never shown to a user
+                      no_repeat_ngram=self.no_repeat_ngram)
 
     def caption_features(self, features: torch.Tensor, beam_size: int | None = None,
                          language: str | None = None) -> tuple[list[str], list[float]]:
