@@ -91,7 +91,7 @@ def repeated_ngram_mask(history: torch.Tensor, n: int, vocab: int) -> torch.Tens
 
 
 def _block_repeats(logp: torch.Tensor, history: torch.Tensor, n: int) -> torch.Tensor:
-    mask = repeated_ngram_mask(history, n, logp.shape[-1]) if n else None
+    mask = repeated_ngram_mask(history, n, logp.shape[-1])
     return logp if mask is None else logp.masked_fill(mask, float("-inf"))
 
 
@@ -115,7 +115,9 @@ def greedy(model: nn.Module, features: torch.Tensor, start_id: int | torch.Tenso
     alive = torch.ones(n, dtype=torch.bool, device=device)
     for t in range(max_len):
         logp, state = _step(model, tokens, state, banned)
-        best, tokens = _block_repeats(logp, out[rows, :t], no_repeat_ngram).max(dim=-1)
+        if no_repeat_ngram:
+            logp = _block_repeats(logp, out[rows, :t], no_repeat_ngram)
+        best, tokens = logp.max(dim=-1)
         logprob[rows] += best * alive  # a finished caption scores nothing more
         length[rows] += alive
         out[rows, t] = tokens
@@ -161,7 +163,8 @@ def beam_search(model: nn.Module, features: torch.Tensor, start_id: int | torch.
     for _ in range(max_len):
         logp, state = _step(model, tokens, state, banned)
         vocab = logp.shape[-1]
-        logp = _block_repeats(logp, history.reshape(len(images) * k, history.shape[-1]), no_repeat_ngram)
+        if no_repeat_ngram:
+            logp = _block_repeats(logp, history.reshape(len(images) * k, history.shape[-1]), no_repeat_ngram)
         logp = logp.view(len(images), k, vocab)
         # Finished beams: the only continuation is <end> again, at no cost, length unchanged.
         frozen = torch.full((vocab,), float("-inf"), device=device)

@@ -10,8 +10,7 @@ import torch
 
 
 class FeatureSource(Protocol):
-    """Where a batch's image features come from: the cache (CachedFeatures) or images run
-    through a trainable encoder (pipeline.training.finetune.EncoderFeatures). The loop is the same."""
+    """What the training loop asks of a source of features (see the module docstring)."""
     feature_shape: tuple[int, ...]  # (D,) pooled or (C, h, w) spatial
 
     def param_groups(self) -> list[dict]: ...  # optimiser groups beyond the decoder's
